@@ -1,0 +1,57 @@
+"""adapterkit: Houlsby bottleneck adapters (arXiv 1902.00751) for any Hugging Face transformer.
+
+    import adapterkit as ak
+    ak.add_adapter(model, "sst2", ak.AdapterConfig(size=64), head=2)
+    ak.train_adapter(model, "sst2")          # only the adapter, its layer norms and its head train
+    ak.save_adapter(model, "sst2", "out/sst2")
+    ak.set_active(model, None)               # the untouched base model
+"""
+
+from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, Stack
+from .bottleneck import Bottleneck, bottleneck_parameter_count
+from .config import AdapterConfig, AdapterConfigError
+from .heads import HeadConfig
+from .io import AdapterLoadError, fingerprint, load_adapter, read_adapter_config, save_adapter
+from .model import (
+    active_adapter,
+    adapter_parameters,
+    adapter_summary,
+    add_adapter,
+    base_parameters,
+    disable_adapters,
+    list_adapters,
+    remove_adapter,
+    set_active,
+    train_adapter,
+    use_adapter,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "AdapterConfig",
+    "AdapterConfigError",
+    "AdapterLoadError",
+    "ArchitectureError",
+    "ArchitectureSpec",
+    "Bottleneck",
+    "HeadConfig",
+    "Stack",
+    "active_adapter",
+    "adapter_parameters",
+    "adapter_summary",
+    "add_adapter",
+    "base_parameters",
+    "bottleneck_parameter_count",
+    "disable_adapters",
+    "fingerprint",
+    "list_adapters",
+    "load_adapter",
+    "read_adapter_config",
+    "remove_adapter",
+    "save_adapter",
+    "set_active",
+    "train_adapter",
+    "use_adapter",
+]

@@ -1,0 +1,171 @@
+"""Architectures as data: where the adapters, layer norms and task heads sit in each model family.
+
+One :class:`Stack` entry per stack of transformer layers. Paths are dotted module paths; ``a|b`` lists
+alternatives (the first that exists wins) because transformers renames modules between releases
+(ViT: ``attention.output.dense`` in 4.x, ``attention.o_proj`` in 5.x). ``layers`` is matched against the
+end of a module name, so ``encoder.layer`` finds ``bert.encoder.layer`` and ``encoder.layer`` alike; the
+other paths are relative to one layer. Adding an architecture = one entry in ``PRESETS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+class ArchitectureError(ValueError):
+    """The model's structure does not match what adapterkit needs to insert adapters."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    layers: str  # the nn.ModuleList of layers (suffix of a module name)
+    attention_output: str  # attention output projection: serial adapters go after it
+    ffn_output: str  # feed-forward output projection
+    attention_input: str  # module whose input is the attention sublayer's input (parallel adapters)
+    ffn_input: str  # module whose input is the FFN sublayer's input
+    layer_norms: tuple[str, ...]  # the layer's norms: each adapter trains its own copies
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    stacks: tuple[Stack, ...]
+    # Top-level modules that make up the task head (only those the model has are used). Each adapter gets
+    # its own copies. A model without any (a causal LM with its tied lm_head) shares its head, frozen.
+    head: tuple[str, ...] = ("classifier|score|qa_outputs",)
+
+
+_BERT = Stack(
+    layers="encoder.layer",
+    attention_output="attention.output.dense",
+    ffn_output="output.dense",
+    attention_input="attention",
+    ffn_input="intermediate",
+    layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+)
+_LLAMA = Stack(
+    layers="layers",
+    attention_output="self_attn.o_proj",
+    ffn_output="mlp.down_proj",
+    attention_input="self_attn",
+    ffn_input="mlp",
+    layer_norms=("input_layernorm", "post_attention_layernorm"),
+)
+
+PRESETS: dict[str, ArchitectureSpec] = {
+    "bert": ArchitectureSpec((_BERT,)),
+    "roberta": ArchitectureSpec((_BERT,)),
+    "xlm-roberta": ArchitectureSpec((_BERT,)),
+    "electra": ArchitectureSpec((_BERT,)),
+    "deberta-v2": ArchitectureSpec((_BERT,), head=("pooler", "classifier|qa_outputs")),
+    "distilbert": ArchitectureSpec(
+        (Stack("transformer.layer", "attention.out_lin", "ffn.lin2", "attention", "ffn", ("sa_layer_norm", "output_layer_norm")),),
+        head=("pre_classifier", "classifier|qa_outputs"),
+    ),
+    "mpnet": ArchitectureSpec(
+        (Stack("encoder.layer", "attention.attn.o", "output.dense", "attention.attn", "intermediate", ("attention.LayerNorm", "output.LayerNorm")),),
+    ),
+    "gpt2": ArchitectureSpec((Stack("h", "attn.c_proj", "mlp.c_proj", "attn", "mlp", ("ln_1", "ln_2")),)),
+    "llama": ArchitectureSpec((_LLAMA,)),
+    "mistral": ArchitectureSpec((_LLAMA,)),
+    "qwen2": ArchitectureSpec((_LLAMA,)),
+    "t5": ArchitectureSpec(
+        (
+            Stack("encoder.block", "layer.0.SelfAttention.o", "layer.1.DenseReluDense.wo", "layer.0.SelfAttention",
+                  "layer.1.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm")),
+            Stack("decoder.block", "layer.0.SelfAttention.o", "layer.2.DenseReluDense.wo", "layer.0.SelfAttention",
+                  "layer.2.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm", "layer.2.layer_norm")),
+        ),
+    ),
+    "vit": ArchitectureSpec(
+        (Stack("encoder.layer|layers", "attention.output.dense|attention.o_proj", "output.dense|mlp.fc2", "attention",
+               "intermediate|mlp", ("layernorm_before", "layernorm_after")),),
+    ),
+}
+
+
+@dataclass
+class LayerSites:
+    """The resolved modules of one transformer layer."""
+
+    attention_output: nn.Module
+    ffn_output: nn.Module
+    attention_input: nn.Module
+    ffn_input: nn.Module
+    layer_norms: list[nn.Module]
+
+
+def _get(root: nn.Module, alternatives: str) -> nn.Module | None:
+    for path in alternatives.split("|"):
+        try:
+            return root.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
+
+
+def _find_layer_list(model: nn.Module, alternatives: str) -> nn.ModuleList | None:
+    for suffix in alternatives.split("|"):
+        found = [m for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and (n == suffix or n.endswith("." + suffix))]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ArchitectureError(f"layer path {suffix!r} matches {len(found)} module lists; pass an explicit spec")
+    return None
+
+
+def resolve(model: nn.Module, spec: ArchitectureSpec) -> list[LayerSites]:
+    """All layers of all stacks, in order. Raises ArchitectureError naming the first path not found."""
+    sites = []
+    for stack in spec.stacks:
+        layers = _find_layer_list(model, stack.layers)
+        if layers is None or len(layers) == 0:
+            raise ArchitectureError(f"no layer list {stack.layers!r} in {type(model).__name__}")
+        for i, layer in enumerate(layers):
+            found = {}
+            for role in ("attention_output", "ffn_output", "attention_input", "ffn_input"):
+                found[role] = _get(layer, getattr(stack, role))
+                if found[role] is None:
+                    raise ArchitectureError(f"layer {i} of {stack.layers!r} has no module {getattr(stack, role)!r} ({role})")
+            norms = [_get(layer, path) for path in stack.layer_norms]
+            if any(n is None for n in norms):
+                raise ArchitectureError(f"layer {i} of {stack.layers!r} lacks a layer norm among {stack.layer_norms}")
+            sites.append(LayerSites(layer_norms=norms, **found))
+    return sites
+
+
+def head_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
+    """The model's task-head modules that exist (top-level attributes), in order."""
+    return [m for m in (_get(model, alternatives) for alternatives in spec.head) if m is not None]
+
+
+def detect(model: nn.Module) -> ArchitectureSpec:
+    """The preset for ``model.config.model_type``; else the first preset whose paths all resolve."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in PRESETS:
+        return PRESETS[model_type]
+    for spec in PRESETS.values():
+        try:
+            resolve(model, spec)
+            return spec
+        except ArchitectureError:
+            continue
+    raise ArchitectureError(
+        f"unknown architecture {type(model).__name__} (model_type={model_type!r}); pass spec=ArchitectureSpec(...) "
+        f"to add_adapter. Candidate modules: {', '.join(_candidates(model)) or 'none found'}"
+    )
+
+
+def _candidates(model: nn.Module, limit: int = 12) -> list[str]:
+    """Module lists (layer stacks) and the linear layers of the first layer, to help write a spec."""
+    names = []
+    for n, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > 0:
+            names.append(f"{n} (ModuleList of {len(m)})")
+            names += [f"{n}.0.{c}" for c, sub in m[0].named_modules() if isinstance(sub, nn.Linear)]
+            break
+    return names[:limit]
+
+
+__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "head_modules", "resolve"]

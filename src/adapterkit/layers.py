@@ -1,0 +1,197 @@
+"""Where adapters meet the model: forward hooks on the user's own modules, and the routing object.
+
+Nothing in the user's model is replaced, subclassed or copied. Each adapted module gets a child named
+``adapters`` (an :class:`AdapterModule`) and a forward hook that rewrites the module's output:
+
+* :class:`BottleneckLayer` on a sublayer's output projection (attention out, FFN out):
+      serial   (houlsby, pfeiffer):  h -> h + up(act(down(h)))
+      parallel (He et al. 2022):     h -> h + s * up(act(down(x)))   x = the sublayer's input
+* :class:`ModuleCopies` on a layer norm or a task-head module: each adapter owns a copy of the module
+  (initialised from it, or a new head) and the copy's output replaces the module's output.
+
+Hooks instead of wrapper modules keep every pretrained parameter under its own state-dict key, so
+``save_pretrained`` / ``from_pretrained`` of the base model keep working with adapters attached.
+
+All of them read one :class:`Routing` object per model that says what is active: ``None`` (the base model,
+bit-exact), an adapter name, or one name (or None) per example of the batch (mixed-task batches).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .bottleneck import Bottleneck
+
+
+class Routing:
+    """What is active: None, one adapter name, or a list with one name (or None) per batch row."""
+
+    def __init__(self) -> None:
+        self.active: str | None | tuple[str | None, ...] = None
+        self._groups: dict[torch.device, list[tuple[str | None, torch.Tensor]]] = {}
+
+    def set(self, active: str | None | Sequence[str | None]) -> None:
+        self.active = active if active is None or isinstance(active, str) else tuple(active)
+        self._groups = {}
+
+    @property
+    def mixed(self) -> bool:
+        return isinstance(self.active, tuple)
+
+    def groups(self, device: torch.device) -> list[tuple[str | None, torch.Tensor]]:
+        """Row indices per name for a mixed batch, built once per (routing, device)."""
+        if device not in self._groups:
+            rows: dict[str | None, list[int]] = {}
+            for i, name in enumerate(self.active):
+                rows.setdefault(name, []).append(i)
+            self._groups[device] = [(n, torch.tensor(r, dtype=torch.long, device=device)) for n, r in rows.items()]
+        return self._groups[device]
+
+    def check_batch(self, batch_size: int) -> None:
+        if len(self.active) != batch_size:
+            raise ValueError(
+                f"mixed routing names {len(self.active)} examples but the batch has {batch_size} rows; "
+                "pass one adapter name (or None) per example"
+            )
+
+    def __getstate__(self):  # cached index tensors are not worth copying
+        return {"active": self.active, "_groups": {}}
+
+
+class AdapterModule(nn.Module):
+    """The protocol every adapter holder follows: per-adapter weights in ``self.adapters`` (a ModuleDict
+    keyed by adapter name), found by ``isinstance``, never by parameter-name matching."""
+
+    role: str  # "adapter" | "layer_norm" | "head": the summary's bucket
+
+    def __init__(self, routing: Routing):
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.__dict__["routing"] = routing  # a plain attribute: shared, not a submodule
+
+    def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        if name in self.adapters:
+            yield from self.adapters[name].parameters()
+
+    def remove(self, name: str) -> None:
+        if name in self.adapters:
+            del self.adapters[name]
+
+    def detach_hooks(self) -> None:
+        """Unhook from the model (called when the last adapter here is removed)."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args and torch.is_tensor(args[0]):
+        return args[0]
+    if torch.is_tensor(kwargs.get("hidden_states")):
+        return kwargs["hidden_states"]
+    for value in list(args) + list(kwargs.values()):
+        if torch.is_tensor(value) and value.is_floating_point():
+            return value
+    raise TypeError("adapterkit: found no hidden-state tensor among the sublayer's inputs")
+
+
+class BottleneckLayer(AdapterModule):
+    """Per-adapter bottlenecks on one sublayer output projection."""
+
+    role = "adapter"
+
+    def __init__(self, routing: Routing, output_module: nn.Module):
+        super().__init__(routing)
+        self.parallel: dict[str, float] = {}  # adapter name -> scaling, for parallel adapters only
+        self._sublayer_input: torch.Tensor | None = None
+        self._handles = [output_module.register_forward_hook(self._apply)]
+        self._captures_input = False
+
+    def add(self, name: str, bottleneck: Bottleneck, parallel_input: nn.Module | None = None, scaling: float = 1.0) -> None:
+        """Serial adapter, or, given the sublayer's input module, a parallel one fed by that input."""
+        self.adapters[name] = bottleneck
+        if parallel_input is not None:
+            self.parallel[name] = scaling
+            if not self._captures_input:  # hook the input only once some adapter here needs it
+                self._handles.append(parallel_input.register_forward_pre_hook(self._capture_input, with_kwargs=True))
+                self._captures_input = True
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self.parallel.pop(name, None)
+
+    def _capture_input(self, module, args, kwargs):
+        if self.parallel:
+            self._sublayer_input = _first_tensor(args, kwargs)
+
+    def _branch(self, name: str, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        adapter = self.adapters[name]
+        if name in self.parallel:
+            return adapter(x) * self.parallel[name]
+        return adapter(h)
+
+    def _apply(self, module, args, h: torch.Tensor):  # h: (B, T, d)
+        active = self.routing.active
+        x, self._sublayer_input = self._sublayer_input, None
+        if active is None:
+            return None
+        if not self.routing.mixed:
+            return h + self._branch(active, h, x) if active in self.adapters else None
+        self.routing.check_batch(h.shape[0])
+        for name, rows in self.routing.groups(h.device):
+            if name in self.adapters:  # rows of other adapters and of the base model pass unchanged
+                branch = self._branch(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
+                h = h.index_add(0, rows, branch)
+        return h
+
+
+class ModuleCopies(AdapterModule):
+    """Per-adapter copies of a layer norm or a task head; an adapter's copy replaces the module's output."""
+
+    def __init__(self, routing: Routing, module: nn.Module, role: str):
+        super().__init__(routing)
+        self.role = role
+        # Snapshot the module before anything of ours hangs on it; copies start from it.
+        self.__dict__["_template"] = copy.deepcopy(module)
+        self.__dict__["_base"] = module
+        self._handles = [module.register_forward_hook(self._apply, with_kwargs=True)]
+
+    def copy_of_base(self) -> nn.Module:
+        """A fresh copy of the module with the base module's current weights."""
+        clone = copy.deepcopy(self._template)
+        base_params = dict(self._base.named_parameters())
+        with torch.no_grad():
+            for n, p in clone.named_parameters():
+                p.copy_(base_params[n])
+        reference = next(self._base.parameters())
+        return clone.to(device=reference.device, dtype=reference.dtype)
+
+    def add(self, name: str, module: nn.Module) -> None:
+        self.adapters[name] = module
+
+    def _apply(self, module, args, kwargs, out: torch.Tensor):
+        active = self.routing.active
+        if active is None:
+            return None
+        if not self.routing.mixed:
+            return self.adapters[active](*args, **kwargs) if active in self.adapters else None
+        x = _first_tensor(args, kwargs)
+        self.routing.check_batch(x.shape[0])
+        pieces = []
+        for name, rows in self.routing.groups(x.device):
+            if name in self.adapters:
+                pieces.append((rows, self.adapters[name](x.index_select(0, rows))))
+            else:
+                pieces.append((rows, out.index_select(0, rows)))
+        # Heads of different tasks may differ in width: pad to the widest (zeros); see mixed.py.
+        width = max(p.shape[-1] for _, p in pieces)
+        result = out.new_zeros((x.shape[0], *out.shape[1:-1], width))
+        for rows, piece in pieces:
+            result[rows, ..., : piece.shape[-1]] = piece
+        return result
+
+
+__all__ = ["AdapterModule", "BottleneckLayer", "ModuleCopies", "Routing"]
