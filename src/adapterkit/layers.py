@@ -42,13 +42,20 @@ class Routing:
     def mixed(self) -> bool:
         return isinstance(self.active, tuple)
 
-    def groups(self, device: torch.device) -> list[tuple[str | None, torch.Tensor]]:
-        """Row indices per name for a mixed batch, built once per (routing, device)."""
+    def groups(self, device: torch.device) -> list[tuple[str | None, torch.Tensor | slice]]:
+        """Rows per name for a mixed batch, built once per (routing, device), in order of first appearance.
+
+        When every name's rows are contiguous (a batch sorted by task, as ``predict_mixed`` and the server
+        make it), each group is a ``slice``: layers then work on views and join the pieces with one
+        ``torch.cat``, no gather/scatter. Otherwise each group is a LongTensor of row indices."""
         if device not in self._groups:
             rows: dict[str | None, list[int]] = {}
             for i, name in enumerate(self.active):
                 rows.setdefault(name, []).append(i)
-            self._groups[device] = [(n, torch.tensor(r, dtype=torch.long, device=device)) for n, r in rows.items()]
+            if all(r[-1] - r[0] + 1 == len(r) for r in rows.values()):
+                self._groups[device] = [(n, slice(r[0], r[-1] + 1)) for n, r in rows.items()]
+            else:
+                self._groups[device] = [(n, torch.tensor(r, dtype=torch.long, device=device)) for n, r in rows.items()]
         return self._groups[device]
 
     def check_batch(self, batch_size: int) -> None:
@@ -107,7 +114,7 @@ class BottleneckLayer(AdapterModule):
         super().__init__(routing)
         self.parallel: dict[str, float] = {}  # adapter name -> scaling, for parallel adapters only
         self._sublayer_input: torch.Tensor | None = None
-        self._handles = [output_module.register_forward_hook(self._apply)]
+        self._handles = [output_module.register_forward_hook(self._on_output)]
         self._captures_input = False
 
     def add(self, name: str, bottleneck: Bottleneck, parallel_input: nn.Module | None = None, scaling: float = 1.0) -> None:
@@ -133,7 +140,7 @@ class BottleneckLayer(AdapterModule):
             return adapter(x) * self.parallel[name]
         return adapter(h)
 
-    def _apply(self, module, args, h: torch.Tensor):  # h: (B, T, d)
+    def _on_output(self, module, args, h: torch.Tensor):  # h: (B, T, d)
         active = self.routing.active
         x, self._sublayer_input = self._sublayer_input, None
         if active is None:
@@ -141,11 +148,22 @@ class BottleneckLayer(AdapterModule):
         if not self.routing.mixed:
             return h + self._branch(active, h, x) if active in self.adapters else None
         self.routing.check_batch(h.shape[0])
-        for name, rows in self.routing.groups(h.device):
-            if name in self.adapters:  # rows of other adapters and of the base model pass unchanged
+        groups = self.routing.groups(h.device)
+        if isinstance(groups[0][1], slice):  # contiguous groups: views, one cat
+            pieces = []
+            for name, rows in groups:
+                piece = h[rows]
+                if name in self.adapters:  # rows of other adapters and of the base model pass unchanged
+                    piece = piece + self._branch(name, piece, None if x is None else x[rows])
+                pieces.append(piece)
+            return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        out = None
+        for name, rows in groups:
+            if name in self.adapters:
                 branch = self._branch(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
-                h = h.index_add(0, rows, branch)
-        return h
+                out = h.clone() if out is None else out
+                out.index_add_(0, rows, branch)
+        return h if out is None else out
 
 
 class ModuleCopies(AdapterModule):
@@ -157,7 +175,7 @@ class ModuleCopies(AdapterModule):
         # Snapshot the module before anything of ours hangs on it; copies start from it.
         self.__dict__["_template"] = copy.deepcopy(module)
         self.__dict__["_base"] = module
-        self._handles = [module.register_forward_hook(self._apply, with_kwargs=True)]
+        self._handles = [module.register_forward_hook(self._on_output, with_kwargs=True)]
 
     def copy_of_base(self) -> nn.Module:
         """A fresh copy of the module with the base module's current weights."""
@@ -172,7 +190,7 @@ class ModuleCopies(AdapterModule):
     def add(self, name: str, module: nn.Module) -> None:
         self.adapters[name] = module
 
-    def _apply(self, module, args, kwargs, out: torch.Tensor):
+    def _on_output(self, module, args, kwargs, out: torch.Tensor):
         active = self.routing.active
         if active is None:
             return None
@@ -182,12 +200,13 @@ class ModuleCopies(AdapterModule):
         self.routing.check_batch(x.shape[0])
         pieces = []
         for name, rows in self.routing.groups(x.device):
-            if name in self.adapters:
-                pieces.append((rows, self.adapters[name](x.index_select(0, rows))))
-            else:
-                pieces.append((rows, out.index_select(0, rows)))
+            take = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, rows))
+            pieces.append((rows, self.adapters[name](take(x)) if name in self.adapters else take(out)))
         # Heads of different tasks may differ in width: pad to the widest (zeros); see mixed.py.
         width = max(p.shape[-1] for _, p in pieces)
+        if isinstance(pieces[0][0], slice):
+            padded = [p if p.shape[-1] == width else nn.functional.pad(p, (0, width - p.shape[-1])) for _, p in pieces]
+            return torch.cat(padded) if len(padded) > 1 else padded[0]
         result = out.new_zeros((x.shape[0], *out.shape[1:-1], width))
         for rows, piece in pieces:
             result[rows, ..., : piece.shape[-1]] = piece

@@ -30,6 +30,31 @@ class AdapterState:
     routing: Routing = field(default_factory=Routing)
     configs: dict[str, AdapterConfig] = field(default_factory=dict)
     heads: dict[str, HeadConfig] = field(default_factory=dict)
+    base_labels: tuple | None = None  # (id2label, label2id, problem_type) of the model as loaded
+
+
+def _label_fields(model: nn.Module) -> tuple | None:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "id2label"):
+        return None
+    return (config.id2label, config.label2id, getattr(config, "problem_type", None))
+
+
+def _set_label_fields(model: nn.Module, fields: tuple) -> None:
+    """transformers computes the ``labels=`` loss from ``config.num_labels`` / ``model.num_labels`` and
+    ``config.problem_type``: keep them in step with the active head so that loss (and ``Trainer``) is right."""
+    config = model.config
+    config.id2label, config.label2id, config.problem_type = fields
+    if "num_labels" in model.__dict__:
+        model.num_labels = len(config.id2label)
+
+
+def _head_label_fields(head: HeadConfig, base: tuple) -> tuple:
+    if head.kind not in ("classification", "regression"):
+        return base
+    names = head.labels or tuple(f"LABEL_{i}" for i in range(head.num_labels))
+    problem = "regression" if head.kind == "regression" else "single_label_classification"
+    return dict(enumerate(names)), {n: i for i, n in enumerate(names)}, problem
 
 
 def get_state(model: nn.Module) -> AdapterState:
@@ -97,7 +122,7 @@ def add_adapter(
         raise ValueError(f"adapter name must be letters, digits, '_' or '-', got {name!r}")
     state = model.__dict__.get("adapterkit")
     if state is None:
-        state = AdapterState(spec=spec or detect(model))
+        state = AdapterState(spec=spec or detect(model), base_labels=_label_fields(model))
         model.__dict__["adapterkit"] = state
     elif spec is not None and spec != state.spec:
         raise ValueError("this model already has adapters inserted with another architecture spec")
@@ -151,6 +176,9 @@ def set_active(model: nn.Module, active: str | None | Sequence[str | None]) -> n
         if n is not None:
             _require(model, n)
     state.routing.set(active)
+    if state.base_labels is not None:
+        head = state.heads[active] if isinstance(active, str) else HeadConfig("own")
+        _set_label_fields(model, _head_label_fields(head, state.base_labels))
     return model
 
 
@@ -204,7 +232,7 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
     del state.configs[name], state.heads[name]
     active = state.routing.active
     if active == name or (isinstance(active, tuple) and name in active):
-        state.routing.set(None)
+        set_active(model, None)
     return model
 
 
