@@ -1,0 +1,169 @@
+"""Training methods: which parameters train, and how the result is saved and loaded back.
+
+One training loop serves every method; a method only decides what is trainable and what gets saved:
+
+  adapter  bottleneck adapters + their layer-norm copies + the task head (Houlsby et al. 2019).
+  ln       layer norms + head only (the paper's ablation).
+  head     the task head only (a linear probe on the frozen model).
+  top-k    the top K transformer layers + everything above them (pooler, head): the paper's
+           "variable fine-tuning" baseline.
+  full     every parameter (full fine-tuning).
+
+``ln`` and ``head`` reuse the core's adapter machinery so that their result is an ordinary adapter
+directory (``eval``/``predict``/``info``/``load_adapter`` treat it like any other): they add an adapter
+whose bottleneck is an exact identity (``init_std=0``: all-zero weights, so ``h + 0 == h`` bit for bit)
+and keep that bottleneck frozen; only its layer-norm copies (``ln``) and its head train. The identity
+bottleneck is as small as the core allows (size 1, one per layer, ``pfeiffer``; ``head`` puts it in the
+last layer only), costing < 0.01% extra compute. ``full`` and ``top-k`` change base weights, so they
+save a whole model with ``save_pretrained`` (plus the tokenizer) instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+import adapterkit as ak
+from .architectures import _find_layer_list
+from .model import adapter_modules
+
+METHODS = ("adapter", "full", "top-k", "ln", "head")
+ADAPTER_NAME = "task"
+#: Written next to a full / top-k model in ``adapter/``: what adapter_config.json's "extra" holds for adapters.
+RUN_META_FILE = "adapterkit_run.json"
+
+
+class MethodError(ValueError):
+    """A method cannot be set up with the given options."""
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    method: str = "adapter"
+    adapter_size: int = 64
+    placement: str = "houlsby"
+    top_layers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MethodError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+
+    @property
+    def uses_adapter(self) -> bool:
+        """Whether the result is a core adapter directory (else a whole saved model)."""
+        return self.method in ("adapter", "ln", "head")
+
+
+def head_for(kind: str, label_names: list[str] | None) -> ak.HeadConfig | None:
+    """The adapter's head for a task kind: a fresh classifier carrying the label names, a regression
+    output, the model's own span head (qa), or the shared LM head (lm)."""
+    if kind == "classification":
+        return ak.HeadConfig("classification", num_labels=len(label_names), labels=tuple(label_names))
+    if kind == "regression":
+        return ak.HeadConfig("regression")
+    return None
+
+
+def _num_layers(model: nn.Module) -> int:
+    from .architectures import detect, resolve
+
+    return len(resolve(model, detect(model)))
+
+
+def adapter_config_for(method: MethodConfig, model: nn.Module) -> ak.AdapterConfig:
+    if method.method == "adapter":
+        return ak.AdapterConfig(size=method.adapter_size, placement=method.placement)
+    last = (_num_layers(model) - 1,) if method.method == "head" else None
+    return ak.AdapterConfig(size=1, init_std=0.0, placement="pfeiffer", layers=last,
+                            train_layer_norms=method.method == "ln")
+
+
+def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list[str] | None) -> list[nn.Parameter]:
+    """Set up ``model`` for ``method`` (adds the adapter where needed, sets requires_grad) and return
+    the trainable parameters: only these get optimiser state."""
+    if method.uses_adapter:
+        ak.add_adapter(model, ADAPTER_NAME, adapter_config_for(method, model), head=head_for(kind, label_names))
+        ak.train_adapter(model, ADAPTER_NAME)
+        if method.method != "adapter":  # identity bottleneck stays frozen (exactly zero)
+            for _, holder in adapter_modules(model):
+                if holder.role == "adapter":
+                    for p in holder.adapter_parameters(ADAPTER_NAME):
+                        p.requires_grad_(False)
+    elif method.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:  # top-k
+        _select_top_layers(model, method.top_layers)
+    model.train()
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _layer_lists(model: nn.Module) -> list[nn.ModuleList]:
+    from .architectures import detect
+
+    return [_find_layer_list(model, stack.layers) for stack in detect(model).stacks]
+
+
+def _select_top_layers(model: nn.Module, k: int) -> None:
+    """Train the top ``k`` layers of the (last) layer stack and every parameter above the layers
+    (pooler, final norm, head); embeddings and lower layers stay frozen."""
+    stacks = _layer_lists(model)
+    layers = stacks[-1]
+    if not 1 <= k <= len(layers):
+        raise MethodError(f"--top-layers must be between 1 and {len(layers)} for this model, got {k}")
+    in_layers = {id(p) for stack in stacks for p in stack.parameters()}
+    top = {id(p) for layer in list(layers)[-k:] for p in layer.parameters()}
+    embeddings = {id(p) for n, p in model.named_parameters() if "embed" in n}
+    if hasattr(model, "get_input_embeddings"):
+        embeddings |= {id(p) for p in model.get_input_embeddings().parameters()}
+    for p in model.parameters():
+        above = id(p) not in in_layers and id(p) not in embeddings
+        p.requires_grad_(id(p) in top or above)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int | float]:
+    """Trainable parameters (what the optimiser updates) against the base model's own parameters."""
+    owned = {id(p) for _, h in adapter_modules(model) for p in h.parameters()} if "adapterkit" in model.__dict__ else set()
+    total = sum(p.numel() for p in model.parameters() if id(p) not in owned)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total}
+
+
+def save_result(model: nn.Module, tokenizer, method: MethodConfig, directory: Path, meta: dict) -> None:
+    """Write the trained result to ``directory``: a core adapter directory (``meta`` in its "extra"), or
+    for full / top-k the whole model + tokenizer with ``meta`` in RUN_META_FILE."""
+    if method.uses_adapter:
+        ak.save_adapter(model, ADAPTER_NAME, directory, extra=meta)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / RUN_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_result_meta(directory: str | Path) -> tuple[str, dict]:
+    """("adapter" | "model", the run's metadata) of a directory written by :func:`save_result`."""
+    directory = Path(directory)
+    if (directory / "adapter_config.json").is_file():
+        return "adapter", ak.read_adapter_config(directory).get("extra", {})
+    if (directory / RUN_META_FILE).is_file():
+        return "model", json.loads((directory / RUN_META_FILE).read_text())
+    raise ak.AdapterLoadError(f"{directory} is neither an adapter directory nor a model saved by "
+                              "'adapterkit train'; pass the adapter/ folder of a training run")
+
+
+def trainable_state(model: nn.Module) -> dict:
+    """The trainable tensors by parameter name (what a checkpoint or the best snapshot needs)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def named_trainable(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+__all__ = ["ADAPTER_NAME", "METHODS", "MethodConfig", "MethodError", "count_parameters", "head_for", "prepare",
+           "read_result_meta", "save_result", "trainable_state"]

@@ -1,0 +1,324 @@
+"""One training loop for every method (adapter, full, top-k, ln, head) and every task kind.
+
+The protocol is the paper's: AdamW over the trainable parameters only (frozen weights get no optimiser
+state), linear warm-up over the first 10% of steps then linear decay to zero, gradient clipping at 1.0,
+evaluation on the validation set after every epoch, and the best epoch's weights kept.
+
+Reproducibility:
+* the seed fixes the head's initialisation, the ``--max-train`` subset, the order of every epoch
+  (a permutation drawn from ``seed`` and the epoch number) and dropout (re-seeded at each epoch start);
+  so a run resumed from an epoch checkpoint continues exactly like an uninterrupted one;
+* ``--batch-size`` is the *global* batch: with N processes (``accelerate launch`` / ``torchrun``) every
+  global batch is split into N contiguous shares and each process's summed loss is divided by the global
+  number of targets, so DDP's gradient average equals the one-process gradient;
+* every process evaluates the full validation set in order with a fixed batch size (identical numbers
+  everywhere, and the same ones ``adapterkit eval`` recomputes from the saved result).
+
+Outputs are atomic: the run lives in a hidden sibling ``.NAME.partial/`` (with its epoch checkpoints, so
+``--resume`` can continue after an interruption) and is renamed to ``--output`` only when complete. A
+failed run (bad input, NaN loss) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import metrics as M
+from .data import load_task
+from .evaluation import build_features, evaluate
+from .features import collate, loss_sum, model_inputs, target_count
+from .methods import MethodConfig, count_parameters, prepare, save_result, trainable_state
+from .models import load_model
+
+#: Learning rates chosen by measurement on minilm / rotten_tomatoes (see docs): small adapters and
+#: probes need a much larger step than full fine-tuning (the paper's grid: 3e-5 .. 3e-3).
+DEFAULT_LR = {"adapter": 1e-3, "ln": 1e-3, "head": 3e-3, "top-k": 1e-4, "full": 5e-5}
+DEFAULT_MAX_LENGTH = {"classification": 128, "regression": 128, "qa": 384, "lm": 128}
+
+
+class TrainError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); nothing was written."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one ``adapterkit train`` run depends on (recorded in metrics.json)."""
+
+    output: str
+    model: str = "minilm"
+    task: str = "rotten_tomatoes"
+    method: str = "adapter"
+    adapter_size: int = 64
+    placement: str = "houlsby"
+    top_layers: int = 2
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_length: int | None = None  # None: DEFAULT_MAX_LENGTH[kind]
+    doc_stride: int = 128
+    max_train: int | None = None
+    max_validation: int | None = None
+    seed: int = 42
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    data: dict = field(default_factory=dict)  # load_task's file/column options
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [(self.epochs >= 1, "--epochs must be at least 1"),
+                  (self.batch_size >= 1, "--batch-size must be at least 1"),
+                  (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "--lr must be a positive number"),
+                  (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
+                  (self.adapter_size >= 1, "--adapter-size must be at least 1"),
+                  (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.learning_rate = self.lr if self.lr is not None else DEFAULT_LR.get(self.method, 1e-3)
+
+    def recorded(self) -> dict:
+        d = asdict(self)
+        for k in ("resume", "overwrite", "progress", "output"):
+            d.pop(k)
+        d["lr"] = self.learning_rate
+        return d
+
+
+def _versions() -> dict:
+    import accelerate
+    import transformers
+
+    from . import __version__
+
+    return {"adapterkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+
+
+class Checkpoint:
+    """Epoch checkpoints in ``<run>/checkpoint``: trainable and best weights (safetensors), optimiser and
+    scheduler state (``torch.save`` of plain tensors/numbers, read back with ``weights_only=True``: no
+    arbitrary unpickling), and a JSON state. Replaced atomically after every epoch."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / "checkpoint"
+
+    def exists(self) -> bool:
+        return (self.dir / "state.json").is_file()
+
+    def save(self, model, optimizer, scheduler, best_state: dict, state: dict) -> None:
+        tmp = self.dir.with_name("checkpoint.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, tmp / "trainable.safetensors")
+        save_file({k: v.contiguous() for k, v in best_state.items()}, tmp / "best.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.replace(tmp, self.dir)
+
+    def load(self, model, optimizer, scheduler) -> tuple[dict, dict]:
+        _load_trainable(model, load_file(self.dir / "trainable.safetensors"))
+        optimizer.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(self.dir / "scheduler.pt", weights_only=True))
+        return load_file(self.dir / "best.safetensors"), json.loads((self.dir / "state.json").read_text())
+
+
+def _load_trainable(model, tensors: dict) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+
+def train(config: TrainConfig, accelerator=None) -> dict:
+    """Run training as configured; returns the metrics written to ``<output>/metrics.json``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    output = Path(config.output)
+    run_dir = output.with_name(f".{output.name}.partial")
+    if output.exists() and not config.overwrite:
+        raise FileExistsError(f"output {output} already exists; choose another --output or pass --overwrite")
+
+    # 1. Everything that can fail on bad input happens before anything is written.
+    method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers)
+    task = load_task(config.task, seed=config.seed, max_train=config.max_train,
+                     max_validation=config.max_validation, **config.data)
+    max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
+    set_seed(config.seed)  # the new head's initialisation
+    model, tokenizer = load_model(config.model, kind=task.kind, labels=task.label_names)
+    trainable = prepare(model, method, task.kind, task.label_names)
+    counts = count_parameters(model)
+    train_features = build_features(task.train, task.kind, tokenizer, max_length, config.doc_stride)
+    val_features = build_features(task.validation, task.kind, tokenizer, max_length, config.doc_stride)
+    if not train_features or not val_features:
+        raise TrainError(f"task {task.name!r} gives no usable {'train' if not train_features else 'validation'} "
+                         "examples after tokenisation; check the data or raise --max-length")
+
+    # 2. Optimiser over the trainable parameters only; schedule over all global steps.
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % n_proc:
+        raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {n_proc} processes")
+    steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = _linear_schedule(optimizer, int(config.warmup * total_steps), total_steps)
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    higher = M.higher_is_better(task.metric)
+
+    # 3. Fresh run directory, or continue from its last epoch checkpoint.
+    checkpoint = Checkpoint(run_dir)
+    state = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0, "examples": 0,
+             "config": config.recorded()}
+    best_state = trainable_state(model)
+    if config.resume and checkpoint.exists():
+        saved = json.loads((checkpoint.dir / "state.json").read_text())
+        if saved["config"] != state["config"]:
+            diff = sorted(k for k in state["config"] if saved["config"].get(k) != state["config"][k])
+            raise ValueError(f"--resume: {run_dir} was started with different settings ({', '.join(diff)}); "
+                             "rerun with the same options or drop --resume")
+        best_state, state = checkpoint.load(model, optimizer, scheduler)
+    elif accelerator.is_main_process:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+
+    try:
+        for epoch in range(state["epoch"], config.epochs):
+            set_seed(config.seed * 1000 + epoch)  # dropout: identical whether resumed or not
+            started = time.perf_counter()
+            loss_total, seen = _train_epoch(ddp_model, optimizer, scheduler, train_features, task.kind, config,
+                                            epoch, tokenizer.pad_token_id, accelerator, trainable)
+            state["train_seconds"] += time.perf_counter() - started
+            state["examples"] += seen
+            scores = evaluate(model, tokenizer, task.kind, task.metric, task.validation, val_features,
+                              config.eval_batch_size, accelerator.device)
+            record = {"epoch": epoch + 1, "train_loss": loss_total, **scores}
+            state["history"].append(record)
+            better = state["best"] is None or (scores["main"] > state["best"]["main"] if higher
+                                               else scores["main"] < state["best"]["main"])
+            if better:
+                state["best"], best_state = record, trainable_state(model)
+            state["epoch"] = epoch + 1
+            if accelerator.is_main_process:
+                checkpoint.save(model, optimizer, scheduler, best_state, state)
+                if config.progress:
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
+                    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}", file=sys.stderr)
+            accelerator.wait_for_everyone()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; the last finished epoch is checkpointed in {run_dir}: "
+                                "rerun the same command with --resume to continue") from None
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+    # 4. Best weights back in, final outputs, then one rename.
+    _load_trainable(model, best_state)
+    metrics = {
+        "task": task.name, "kind": task.kind, "metric": task.metric, "model": config.model, "method": config.method,
+        "adapter_size": config.adapter_size if config.method == "adapter" else None,
+        "placement": config.placement if config.method == "adapter" else None,
+        "top_layers": config.top_layers if config.method == "top-k" else None,
+        **counts, "epochs": state["history"], "best": state["best"],
+        "train_seconds": round(state["train_seconds"], 3),
+        "examples_per_second": round(state["examples"] / max(state["train_seconds"], 1e-9), 2),
+        "seed": config.seed, "lr": config.learning_rate, "batch_size": config.batch_size,
+        "max_length": max_length, "num_processes": n_proc, "device": str(accelerator.device),
+        "label_names": task.label_names, "split": task.split, "config": config.recorded(), "versions": _versions(),
+    }
+    if accelerator.is_main_process:
+        try:
+            _write_outputs(model, tokenizer, method, run_dir, metrics, config, max_length)
+            shutil.rmtree(checkpoint.dir, ignore_errors=True)
+            if output.exists():  # --overwrite
+                shutil.rmtree(output)
+            os.replace(run_dir, output)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _train_epoch(model, optimizer, scheduler, features, kind, config, epoch, pad_id, accelerator, trainable):
+    """One pass over the data in this epoch's seeded order; returns (mean train loss, examples seen)."""
+    model.train()
+    order = _epoch_order(len(features), config.seed, epoch)
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    steps = range(0, len(order), config.batch_size)
+    bar = tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False, file=sys.stderr, mininterval=1.0,
+               disable=not (config.progress and accelerator.is_main_process))
+    loss_sum_epoch, targets_epoch, seen, started = 0.0, 0, 0, time.perf_counter()
+    for step_start in bar:
+        global_batch = [features[i] for i in order[step_start: step_start + config.batch_size]]
+        targets = sum(target_count(f, kind) for f in global_batch)
+        if len(global_batch) < n_proc or targets == 0:  # too short to give every process a row: skip everywhere
+            continue
+        n = len(global_batch)  # contiguous shares: [rank*n/N, (rank+1)*n/N)
+        mine = global_batch[rank * n // n_proc: (rank + 1) * n // n_proc]
+        batch = {k: v.to(accelerator.device) for k, v in collate(mine, kind, pad_id).items()}
+        summed = loss_sum(model(**model_inputs(batch)), batch, kind)
+        if not torch.isfinite(summed):
+            raise TrainError(f"the loss became {float(summed)} at epoch {epoch + 1}; lower --lr "
+                             f"(now {config.learning_rate:g}) or check the data for broken labels")
+        accelerator.backward(summed * n_proc / targets)
+        if config.grad_clip:
+            accelerator.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum_epoch += float(summed.detach())
+        targets_epoch += targets / n_proc if n_proc > 1 else targets
+        seen += len(global_batch)
+        bar.set_postfix(loss=f"{loss_sum_epoch / targets_epoch:.4f}",
+                        ex_s=f"{seen / (time.perf_counter() - started):.1f}")
+    total = accelerator.reduce(torch.tensor([loss_sum_epoch, targets_epoch], device=accelerator.device), "sum")
+    return float(total[0] / total[1]), seen
+
+
+def _write_outputs(model, tokenizer, method, run_dir: Path, metrics: dict, config: TrainConfig, max_length: int):
+    from .plots import plot_curves
+
+    meta = {"task": metrics["task"], "kind": metrics["kind"], "metric": metrics["metric"], "model": config.model,
+            "method": config.method, "label_names": metrics["label_names"], "max_length": max_length,
+            "doc_stride": config.doc_stride, "eval_batch_size": config.eval_batch_size, "seed": config.seed,
+            "max_validation": config.max_validation, "data": config.data, "best": metrics["best"]}
+    save_result(model, tokenizer, method, run_dir / "adapter", meta)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_curves(metrics, run_dir / "curves.png")
+
+
+__all__ = ["DEFAULT_LR", "TrainConfig", "TrainError", "train"]
