@@ -62,13 +62,15 @@ def holdout_split(
     seed: int = SPLIT_SEED,
     stratify: Callable[[dict], Hashable] | None = None,
     group: Callable[[dict], Hashable] | None = None,
+    group_label: str = "identical text",
 ) -> tuple[list[dict], list[dict], dict]:
     """Split ``rows`` into (train, validation, info) with a seeded shuffle.
 
     stratify: key whose classes are held out in the same proportion (round(n * fraction) groups
         of every class, at least one when the class has two or more groups).
     group: key of rows that must stay together (e.g. the text itself, so that duplicated texts
-        never sit on both sides; or a SQuAD article). A group's class is that of its first row.
+        never sit on both sides; or a SQuAD article), described by ``group_label`` in the
+        returned info. A group's class is that of its first row.
     Both sides keep the source order of the rows.
     """
     if not 0.0 < fraction < 1.0:
@@ -98,13 +100,12 @@ def holdout_split(
     train = [rows[i] for i in range(len(rows)) if i not in val_set]
     validation = [rows[i] for i in val_idx]
     info = {
-        "method": "seeded holdout" + (", stratified by label" if stratify else "")
-        + (", grouped" if len(groups) < len(rows) else ""),
+        "method": "seeded holdout" + (", stratified by label" if stratify else ""),
         "split_seed": seed,
         "validation_fraction": fraction,
-        "groups": len(groups),
-        "grouped_duplicate_rows": len(rows) - len(groups),
     }
+    if group:
+        info.update(grouped_by=group_label, groups=len(groups), rows=len(rows))
     return train, validation, info
 
 

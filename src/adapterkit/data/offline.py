@@ -130,7 +130,7 @@ def load_offline(name: str, split_seed: int = SPLIT_SEED) -> tuple[list, list, l
     if validation is None:
         train, validation, info = holdout_split(
             rows, seed=split_seed, stratify=lambda r: r["label"], group=text_key)
-        info["duplicate_texts"] = "identical texts are kept together on one side of the split"
+        info["duplicate_rows"] = len(rows) - info["groups"]   # kept, all on one side
     else:
         train = rows
         info = {"method": "source split",

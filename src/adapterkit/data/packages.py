@@ -150,6 +150,7 @@ def cached_json(key: str, build: Callable[[], object]) -> object:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(value, fh, ensure_ascii=False)
+        os.chmod(tmp, 0o644)                       # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
