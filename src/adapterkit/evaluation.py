@@ -37,21 +37,24 @@ def evaluate(model, tokenizer, kind: str, metric: str, examples: list[dict], fea
     """Validation metrics (``main`` = the task's main metric) plus the mean validation ``loss``."""
     was_training = model.training
     model.eval()
-    predictions, starts, ends = [], [], []
+    # Batches of similar length (less padding); results are put back in feature order.
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    predictions, starts, ends = [None] * len(features), [None] * len(features), [None] * len(features)
     total_loss, total_targets = 0.0, 0
-    for i in range(0, len(features), batch_size):
-        chunk = features[i: i + batch_size]
-        batch = {k: v.to(device) for k, v in collate(chunk, kind, tokenizer.pad_token_id).items()}
+    for k in range(0, len(order), batch_size):
+        rows = order[k: k + batch_size]
+        chunk = [features[i] for i in rows]
+        batch = {key: v.to(device) for key, v in collate(chunk, kind, tokenizer.pad_token_id).items()}
         out = model(**model_inputs(batch))
         total_loss += float(loss_sum(out, batch, kind))
         total_targets += sum(target_count(f, kind) for f in chunk)
-        if kind == "classification":
-            predictions += out.logits.argmax(-1).tolist()
-        elif kind == "regression":
-            predictions += out.logits.squeeze(-1).float().tolist()
-        elif kind == "qa":
-            starts += list(out.start_logits.float().cpu().numpy())
-            ends += list(out.end_logits.float().cpu().numpy())
+        for j, i in enumerate(rows):
+            if kind == "classification":
+                predictions[i] = int(out.logits[j].argmax(-1))
+            elif kind == "regression":
+                predictions[i] = float(out.logits[j].squeeze(-1))
+            elif kind == "qa":
+                starts[i], ends[i] = out.start_logits[j].float().cpu().numpy(), out.end_logits[j].float().cpu().numpy()
     model.train(was_training)
     loss = total_loss / max(total_targets, 1)
     if kind == "lm":

@@ -119,8 +119,17 @@ def _linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+def _epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[int]:
+    """This epoch's example order: a seeded shuffle, then length-grouped batches (HF's group_by_length):
+    within each run of 50 batches examples are sorted by length, and the batches are shuffled again. Short
+    snippets then share batches with short snippets and padding (wasted compute) drops by about a third."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    mega = 50 * batch_size
+    order = [i for k in range(0, len(order), mega)
+             for i in sorted(order[k: k + mega], key=lambda i: -lengths[i])]
+    batches = [order[k: k + batch_size] for k in range(0, len(order), batch_size)]
+    return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
 
 
 class Checkpoint:
@@ -276,7 +285,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
 def _train_epoch(model, optimizer, scheduler, features, kind, config, epoch, pad_id, accelerator, trainable):
     """One pass over the data in this epoch's seeded order; returns (mean train loss, examples seen)."""
     model.train()
-    order = _epoch_order(len(features), config.seed, epoch)
+    order = _epoch_order([len(f["input_ids"]) for f in features], config.batch_size, config.seed, epoch)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
     steps = range(0, len(order), config.batch_size)
     bar = tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False, file=sys.stderr, mininterval=1.0,

@@ -1,0 +1,303 @@
+"""The ``adapterkit`` command line: train, eval, predict, info, sweep and demo (a typer app).
+
+User errors (unknown model or task, missing column, empty data, labels that do not fit, NaN loss...)
+end with one ``error: ...`` line on stderr and exit code 1 (130 when interrupted); tracebacks are kept for
+bugs. Set ADAPTERKIT_DEBUG=1 to see the traceback of a user error too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import methods as _methods
+from .data.glue import glue_dir
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Houlsby bottleneck adapters for Hugging Face models: train, evaluate, compare.")
+
+# ---- shared options -------------------------------------------------------------------------------------
+Model = Annotated[str, typer.Option(help="minilm (bundled default), mpnet, smollm2, a local model dir or a hub id")]
+Task = Annotated[str, typer.Option(help="rotten_tomatoes, boolq, 20newsgroups, r8, sms_spam, trec, glue/rte, "
+                                        "glue/mrpc, glue/cola, glue/stsb, glue/sst2, squad, lm, local, hf:NAME/CONFIG")]
+DataDir = Annotated[Optional[str], typer.Option(help="folder of GLUE TSVs / SQuAD JSON (default ../shared/data/...)")]
+TrainFile = Annotated[Optional[str], typer.Option(help="your training file (CSV, TSV, JSONL; .txt for lm; SQuAD JSON)")]
+ValidationFile = Annotated[Optional[str], typer.Option(help="your validation file (else a seeded holdout)")]
+TextColumn = Annotated[Optional[str], typer.Option(help="column holding the text")]
+PairColumn = Annotated[Optional[str], typer.Option(help="column holding the second text of a pair")]
+LabelColumn = Annotated[Optional[str], typer.Option(help="column holding the label")]
+ProblemType = Annotated[Optional[str], typer.Option(help="classification or regression (default: from the labels)")]
+
+
+def _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column, problem_type,
+                  task: str) -> dict:
+    given = {"data_dir": data_dir, "train_file": train_file, "validation_file": validation_file,
+             "text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
+             "problem_type": problem_type}
+    options = {k: v for k, v in given.items() if v is not None}
+    if task.startswith("glue/") and "data_dir" not in options:
+        default = glue_dir()  # the data layer's default, recorded so eval reads the same files
+        options["data_dir"] = str(default.resolve())
+    return options
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .evaluation import HeadMismatchError
+    from .train import TrainError
+
+    return (ValueError, OSError, KeyError, TrainError, HeadMismatchError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text.strip("'\"") if isinstance(e, KeyError) else text
+
+
+def cli_errors(fn):
+    """One-line errors at the CLI boundary: the library raises, the user reads one line and the exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _quiet_transformers()
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            typer.echo(f"error: {_one_line(e) if str(e) else 'interrupted'}", err=True)
+            raise typer.Exit(130) from None
+        except _user_errors() as e:
+            if os.environ.get("ADAPTERKIT_DEBUG"):
+                raise
+            typer.echo(f"error: {_one_line(e)}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _quiet_transformers() -> None:
+    """transformers' load reports and progress bars would bury adapterkit's own output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([fmt(cells[0]), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells[1:]])
+
+
+def _metric_rows(scores: dict) -> list[list]:
+    return [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in scores.items()]
+
+
+# ---- train ----------------------------------------------------------------------------------------------
+@app.command()
+@cli_errors
+def train(
+    output: Annotated[str, typer.Option(help="run directory to create (metrics.json, adapter/, curves.png)")],
+    model: Model = "minilm",
+    task: Task = "rotten_tomatoes",
+    method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head) or head")] = "adapter",
+    adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = 64,
+    placement: Annotated[str, typer.Option(help="houlsby, pfeiffer or parallel")] = "houlsby",
+    top_layers: Annotated[int, typer.Option(help="K for --method top-k")] = 2,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
+    epochs: int = 3,
+    batch_size: Annotated[int, typer.Option(help="global batch size (over all processes)")] = 32,
+    eval_batch_size: int = 64,
+    max_length: Annotated[Optional[int], typer.Option(help="tokens per example (default 128; qa 384)")] = None,
+    doc_stride: Annotated[int, typer.Option(help="QA sliding-window overlap in tokens")] = 128,
+    max_train: Annotated[Optional[int], typer.Option(help="train on a seeded subset of N examples")] = None,
+    max_validation: Annotated[Optional[int], typer.Option(help="validate on a seeded subset of N examples")] = None,
+    seed: int = 42,
+    warmup: Annotated[float, typer.Option(help="fraction of steps of linear warm-up")] = 0.1,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last epoch checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --output")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    data_dir: DataDir = None, train_file: TrainFile = None, validation_file: ValidationFile = None,
+    text_column: TextColumn = None, text_pair_column: PairColumn = None, label_column: LabelColumn = None,
+    problem_type: ProblemType = None,
+):
+    """Train an adapter (or a baseline method) on a task; writes OUTPUT/{metrics.json, adapter/, curves.png}."""
+    from .train import TrainConfig, train as run
+
+    data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
+                         problem_type, task)
+    config = TrainConfig(output=output, model=model, task=task, method=method, adapter_size=adapter_size,
+                         placement=placement, top_layers=top_layers, lr=lr, epochs=epochs, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, max_length=max_length, doc_stride=doc_stride,
+                         max_train=max_train, max_validation=max_validation, seed=seed, warmup=warmup, data=data,
+                         resume=resume, overwrite=overwrite, progress=not quiet)
+    metrics = run(config)
+    best = metrics["best"]
+    typer.echo(table([[metrics["method"], f"{metrics['trainable_params']:,}", f"{metrics['trainable_pct']:.2f}",
+                       best["epoch"], f"{best['main']:.4f}", f"{metrics['train_seconds']:.0f}"]],
+                     ["method", "trained params", "trained %", "best epoch", f"val {metrics['metric']}", "train s"]))
+    typer.echo(f"wrote {output}/metrics.json, {output}/adapter, {output}/curves.png")
+
+
+# ---- eval / predict / info ------------------------------------------------------------------------------
+@app.command("eval")
+@cli_errors
+def eval_(
+    adapter: Annotated[str, typer.Option(help="the adapter/ folder of a training run")],
+    model: Annotated[Optional[str], typer.Option(help="base model (default: the one recorded)")] = None,
+    task: Annotated[Optional[str], typer.Option(help="task (default: the one recorded)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object")] = False,
+    data_dir: DataDir = None, train_file: TrainFile = None, validation_file: ValidationFile = None,
+    text_column: TextColumn = None, text_pair_column: PairColumn = None, label_column: LabelColumn = None,
+    problem_type: ProblemType = None,
+):
+    """Recompute the validation metrics of a saved adapter (the same numbers `train` recorded)."""
+    from .data import load_task
+    from .evaluation import build_features, check_task_fits, evaluate, load_trained
+
+    _, meta = _methods.read_result_meta(adapter)
+    task = task or meta.get("task") or "rotten_tomatoes"
+    data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
+                         problem_type, task)
+    if task == meta.get("task") and not any(v is not None for v in (data_dir, train_file, validation_file)):
+        data = {**meta.get("data", {}), **data}
+    data_task = load_task(task, seed=meta.get("seed", 0), max_validation=meta.get("max_validation"), **data)
+    check_task_fits(meta, data_task.kind, data_task.label_names, task)
+    trained = load_trained(adapter, model)
+    max_length = meta.get("max_length") or 128
+    features = build_features(data_task.validation, data_task.kind, trained.tokenizer, max_length,
+                              meta.get("doc_stride", 128))
+    scores = evaluate(trained.model, trained.tokenizer, data_task.kind, data_task.metric, data_task.validation,
+                      features, meta.get("eval_batch_size", 64))
+    if as_json:
+        typer.echo(json.dumps(scores))
+    else:
+        typer.echo(f"{task}: {len(data_task.validation)} validation examples")
+        typer.echo(table(_metric_rows(scores), ["metric", "value"]))
+
+
+@app.command()
+@cli_errors
+def predict(
+    text: Annotated[str, typer.Argument(help="input text (QA: the question; LM: the prompt)")],
+    pair: Annotated[Optional[str], typer.Argument(help="second text of a pair (QA: the context)")] = None,
+    adapter: Annotated[str, typer.Option(help="the adapter/ folder of a training run")] = ...,
+    model: Annotated[Optional[str], typer.Option(help="base model (default: the one recorded)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate")] = 40,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Predict with a trained adapter: the label and scores (or score, answer, or generated text)."""
+    from .evaluation import load_trained, predict as run
+
+    result = run(load_trained(adapter, model), text, pair, max_new_tokens=max_new_tokens)
+    if as_json:
+        typer.echo(json.dumps(result))
+    elif "label" in result:
+        typer.echo(result["label"])
+        typer.echo(table([[k, f"{v:.4f}"] for k, v in result["scores"].items()], ["label", "score"]))
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+@app.command()
+@cli_errors
+def info(adapter: Annotated[str, typer.Argument(help="the adapter/ folder of a training run (or any adapter dir)")]):
+    """Show an adapter's config, base-model fingerprint, parameter counts and recorded metrics."""
+    from .inspect import describe
+
+    typer.echo(describe(adapter))
+
+
+# ---- sweep / demo ---------------------------------------------------------------------------------------
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@app.command()
+@cli_errors
+def sweep(
+    output: Annotated[str, typer.Option(help="sweep directory (runs/, sweep.json, sweep.md); rerun to continue")],
+    model: Model = "minilm",
+    task: Task = "rotten_tomatoes",
+    method: str = "adapter",
+    lrs: Annotated[str, typer.Option(help="learning rates (paper: 3e-5,3e-4,3e-3)")] = "3e-5,3e-4,3e-3",
+    sizes: Annotated[str, typer.Option(help="adapter sizes (paper: 8,64,256)")] = "8,64,256",
+    epochs: Annotated[str, typer.Option(help="epoch counts (paper: 3,20)")] = "3",
+    batch_size: int = 32,
+    max_length: Optional[int] = None,
+    max_train: Optional[int] = None,
+    max_validation: Optional[int] = None,
+    seed: int = 42,
+    quiet: bool = False,
+    data_dir: DataDir = None, train_file: TrainFile = None, validation_file: ValidationFile = None,
+    text_column: TextColumn = None, text_pair_column: PairColumn = None, label_column: LabelColumn = None,
+    problem_type: ProblemType = None,
+):
+    """Grid over learning rate x adapter size x epochs; the best run chosen on validation."""
+    from .sweep import sweep as run
+    from .train import TrainConfig
+
+    data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
+                         problem_type, task)
+    base = TrainConfig(output=output, model=model, task=task, method=method, batch_size=batch_size,
+                       max_length=max_length, max_train=max_train, max_validation=max_validation, seed=seed,
+                       data=data, progress=not quiet)
+
+    def report(name, metrics, cached):
+        typer.echo(f"{name}: val {metrics['metric']} {metrics['best']['main']:.4f}{' (done before)' if cached else ''}")
+
+    summary = run(base, output, _floats(lrs), [int(s) for s in _floats(sizes)], [int(e) for e in _floats(epochs)],
+                  on_run=report)
+    typer.echo(f"best: {summary['best']['name']} ({summary['metric']} {summary['best']['best']['main']:.4f}); "
+               f"wrote {output}/sweep.md and {output}/sweep.json")
+
+
+@app.command()
+@cli_errors
+def demo(
+    output: Annotated[str, typer.Option(help="where the three runs go (finished runs are reused)")] = "adapterkit-demo",
+    max_train: int = 2000,
+    max_validation: int = 1000,
+    epochs: int = 2,
+    max_length: int = 64,
+    quiet: bool = False,
+):
+    """The paper's point in miniature: head-only vs adapters (size 64) vs full fine-tuning on rotten_tomatoes
+    with the bundled MiniLM, on CPU in about 10 minutes."""
+    from .train import TrainConfig, train as run
+
+    rows = []
+    started = time.perf_counter()
+    for method in ("head", "adapter", "full"):
+        run_dir = Path(output) / method
+        if (run_dir / "metrics.json").is_file():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            typer.echo(f"training {method} ...", err=True)
+            metrics = run(TrainConfig(output=str(run_dir), method=method, adapter_size=64, epochs=epochs,
+                                      max_train=max_train, max_validation=max_validation, max_length=max_length,
+                                      resume=True, progress=not quiet))
+        rows.append([method, f"{metrics['trainable_params']:,}", f"{metrics['trainable_pct']:.2f}%",
+                     f"{metrics['best']['accuracy']:.4f}", f"{metrics['train_seconds']:.0f} s"])
+    typer.echo(f"\nrotten_tomatoes, minilm (all-MiniLM-L6-v2), {max_train} train / {max_validation} validation "
+               f"examples, {epochs} epochs, max length {max_length}")
+    typer.echo(table(rows, ["method", "trained params", "trained %", "val accuracy", "train time"]))
+    typer.echo(f"total {time.perf_counter() - started:.0f} s; runs in {output}/")
+
+
+def main() -> None:  # pragma: no cover - `python -m adapterkit.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

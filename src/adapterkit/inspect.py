@@ -1,0 +1,62 @@
+"""``adapterkit info``: what a saved adapter (or a saved full / top-k model) is, without loading a model.
+
+Parameter counts come from the safetensors header (shapes only, no tensor data read); recorded metrics
+from the adapter's own metadata and, when the folder is a run's ``adapter/``, from ``../metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from math import prod
+from pathlib import Path
+
+from safetensors import safe_open
+
+from .methods import RUN_META_FILE, read_result_meta
+
+
+def _tensor_counts(path: Path) -> dict[str, int]:
+    """Parameters per role (adapter bottlenecks, layer-norm copies, head) from tensor names and shapes."""
+    counts = {"adapter": 0, "layer_norm": 0, "head": 0}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            n = prod(f.get_slice(key).get_shape())
+            role = "adapter" if (".adapters.down." in key or ".adapters.up." in key) else (
+                "head" if key.split(".")[0] in ("classifier", "score", "qa_outputs", "pooler", "pre_classifier")
+                else "layer_norm")
+            counts[role] += n
+    return counts
+
+
+def describe(directory: str | Path) -> str:
+    directory = Path(directory)
+    form, meta = read_result_meta(directory)
+    lines = [f"{directory}  ({'adapter' if form == 'adapter' else 'saved model: ' + str(meta.get('method'))})"]
+    if form == "adapter":
+        config = json.loads((directory / "adapter_config.json").read_text())
+        c = config["config"]
+        lines.append(f"  adapter    size {c['size']}, placement {c['placement']}, activation {c['activation']}, "
+                     f"layers {c['layers'] or 'all'}, layer norms {'trained' if c['train_layer_norms'] else 'shared'}")
+        head = config["head"]
+        lines.append(f"  head       {head['kind']}" + (f", labels {head['labels']}" if head.get("labels") else ""))
+        base = config["base_model"]
+        lines.append("  base model " + ", ".join(f"{k} {v}" for k, v in base.items()))
+        counts = _tensor_counts(directory / "adapter_model.safetensors")
+        lines.append("  params     " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    else:
+        model_config = json.loads((directory / "config.json").read_text())
+        lines.append(f"  model      {model_config.get('model_type')} {model_config.get('architectures')}")
+    lines.append(f"  trained on task {meta.get('task')} ({meta.get('kind')}), method {meta.get('method')}, "
+                 f"base {meta.get('model')}, max length {meta.get('max_length')}, seed {meta.get('seed')}")
+    run_metrics = directory.parent / "metrics.json"
+    if run_metrics.is_file():
+        m = json.loads(run_metrics.read_text())
+        lines.append(f"  trainable  {m['trainable_params']:,} of {m['total_params']:,} ({m['trainable_pct']:.2f}%)")
+    best = meta.get("best")
+    if best:
+        lines.append("  best       " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in best.items()))
+    return "\n".join(lines)
+
+
+__all__ = ["RUN_META_FILE", "describe"]

@@ -1,0 +1,78 @@
+"""Model selection as in the paper: a grid of ``train`` runs, the best chosen on validation.
+
+Each grid point trains into ``<output>/runs/<name>``; a finished run (its ``metrics.json`` exists) is read
+back instead of retrained and an interrupted one resumes from its last epoch checkpoint, so rerunning an
+interrupted sweep continues where it stopped. The results go to ``sweep.json`` and ``sweep.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import metrics as M
+from .train import TrainConfig, train
+
+#: The paper's grid (Houlsby et al. 2019, section 3.1); epochs {3, 20} there.
+PAPER_LRS = (3e-5, 3e-4, 3e-3)
+PAPER_SIZES = (8, 64, 256)
+
+
+def run_name(lr: float, size: int, epochs: int) -> str:
+    return f"lr{lr:g}-m{size}-e{epochs}"
+
+
+def sweep(base: TrainConfig, output: str | Path, lrs: Sequence[float], sizes: Sequence[int], epochs: Sequence[int],
+          on_run: Callable[[str, dict, bool], None] | None = None) -> dict:
+    """Train every (lr, size, epochs) point of the grid on top of ``base``; returns the sweep summary."""
+    output = Path(output)
+    runs = []
+    for lr, size, n_epochs in itertools.product(lrs, sizes, epochs):
+        name = run_name(lr, size, n_epochs)
+        run_dir = output / "runs" / name
+        cached = (run_dir / "metrics.json").is_file()
+        if cached:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            config = dataclasses.replace(base, output=str(run_dir), lr=lr, adapter_size=size, epochs=n_epochs,
+                                         resume=True, overwrite=False)
+            metrics = train(config)
+        if on_run:
+            on_run(name, metrics, cached)
+        runs.append({"name": name, "lr": lr, "adapter_size": size, "epochs": n_epochs, "best": metrics["best"],
+                     "trainable_pct": metrics["trainable_pct"], "train_seconds": metrics["train_seconds"],
+                     "path": str(run_dir)})
+    metric = json.loads((Path(runs[0]["path"]) / "metrics.json").read_text())["metric"]
+    higher = M.higher_is_better(metric)
+    best = (max if higher else min)(runs, key=lambda r: r["best"]["main"])
+    summary = {"task": base.task, "model": base.model, "method": base.method, "metric": metric,
+               "grid": {"lr": list(lrs), "adapter_size": list(sizes), "epochs": list(epochs)},
+               "runs": runs, "best": best}
+    output.mkdir(parents=True, exist_ok=True)
+    _atomic_write(output / "sweep.json", json.dumps(summary, indent=2) + "\n")
+    _atomic_write(output / "sweep.md", markdown(summary))
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# Sweep: {summary['method']} on {summary['task']} ({summary['model']})", "",
+             f"Best on validation ({summary['metric']}): **{summary['best']['name']}**", "",
+             "| run | lr | size | epochs | trained % | best epoch | validation main | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary["runs"]:
+        mark = " **(best)**" if r["name"] == summary["best"]["name"] else ""
+        lines.append(f"| {r['name']}{mark} | {r['lr']:g} | {r['adapter_size']} | {r['epochs']} | "
+                     f"{r['trainable_pct']:.2f} | {r['best']['epoch']} | {r['best']['main']:.4f} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+__all__ = ["PAPER_LRS", "PAPER_SIZES", "markdown", "run_name", "sweep"]
