@@ -1,0 +1,226 @@
+"""Benchmark worker: builds models and times them on command, one JSON object per line on stdin/stdout.
+
+The same file runs in adapterkit's venv (methods ``plain``, ``adapterkit``, ``full``, ``head``) and in the side
+venv (``plain``, ``adapterhub``, ``lora``, ``full``, ``head``), so that ``run.py`` can interleave A B A B
+across two transformers versions in one run. Only one worker computes at a time: the others wait on stdin.
+
+Requests: {"cmd": "hello"} | {"cmd": "build", "key", **spec} | {"cmd": "time", "key", "n"} |
+{"cmd": "save", "key", "dir"} | {"cmd": "memory", **spec, "steps"} | {"cmd": "drop", "key"} | {"cmd": "quit"}.
+A spec: model_dir, method, size (bottleneck m), layers, mode ("infer" | "train"), batch, seq, bf16,
+grad_ckpt, compile, train_layer_norms, threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+# Keep the protocol channel clean: everything printed by libraries goes to stderr.
+_PROTO = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+LORA_TARGETS = {"bert": ["query", "value"], "mpnet": ["q", "v"]}
+
+
+def _versions() -> dict:
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "threads": torch.get_num_threads()}
+    for mod in ("transformers", "adapters", "peft", "adapterkit"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - not installed in this venv
+            pass
+    return out
+
+
+def _vm(field: str) -> int:
+    """VmRSS / VmHWM of this process in bytes (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+class Bench:
+    """One configured model with its batch and (for training) its optimizer."""
+
+    def __init__(self, spec: dict):
+        from transformers import AutoModelForSequenceClassification
+
+        torch.manual_seed(0)
+        self.spec = spec
+        method, mode = spec["method"], spec.get("mode", "infer")
+        model = AutoModelForSequenceClassification.from_pretrained(spec["model_dir"], num_labels=2)
+        model_type = model.config.model_type
+        hidden = model.config.hidden_size
+        self.trainable_note = ""
+        if method == "adapterkit":
+            import adapterkit as ak
+
+            cfg = ak.AdapterConfig(size=spec["size"], layers=tuple(spec["layers"]) if spec.get("layers") else None,
+                                   train_layer_norms=spec.get("train_layer_norms", True))
+            ak.add_adapter(model, "task", cfg, head=2)
+            if mode == "train":
+                ak.train_adapter(model, "task")
+            ak.set_active(model, "task")
+        elif method == "adapterhub":
+            import adapters
+            from adapters import DoubleSeqBnConfig
+
+            adapters.init(model)
+            n_layers = model.config.num_hidden_layers
+            leave_out = [i for i in range(n_layers) if spec.get("layers") and i not in spec["layers"]]
+            cfg = DoubleSeqBnConfig(reduction_factor=hidden / spec["size"], non_linearity="gelu", leave_out=leave_out)
+            model.add_adapter("task", config=cfg)
+            model.set_active_adapters("task")
+            if mode == "train":
+                model.train_adapter("task")  # freezes everything else, the HF classifier included
+                for p in model.classifier.parameters():  # train the task head, as the others do
+                    p.requires_grad_(True)
+        elif method == "lora":
+            from peft import LoraConfig, TaskType, get_peft_model
+
+            cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=16, lora_alpha=32, lora_dropout=0.0,
+                             target_modules=LORA_TARGETS.get(model_type))
+            model = get_peft_model(model, cfg)  # classifier is in modules_to_save: trained
+        elif method == "head":
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in model.classifier.parameters():
+                p.requires_grad_(True)
+        elif method in ("plain", "full"):
+            pass
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        if spec.get("grad_ckpt"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = model
+        self.params_total = sum(p.numel() for p in model.parameters())
+        self.params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if mode == "train" else 0
+        g = torch.Generator().manual_seed(1)
+        b, t = spec["batch"], spec["seq"]
+        self.batch = {
+            "input_ids": torch.randint(1000, model.config.vocab_size - 1, (b, t), generator=g),
+            "attention_mask": torch.ones(b, t, dtype=torch.long),
+        }
+        self.labels = torch.randint(0, 2, (b,), generator=g)
+        self.mode = mode
+        self.autocast = spec.get("bf16", False)
+        if mode == "train":
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.opt = torch.optim.AdamW(params, lr=1e-4)
+            self.fn = self._train_step
+        else:
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.fn = self._infer
+        self.forward = torch.compile(model) if spec.get("compile") else model
+
+    def _ctx(self):
+        if self.autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _infer(self):
+        with torch.inference_mode(), self._ctx():
+            return self.forward(**self.batch).logits
+
+    def _train_step(self):
+        with self._ctx():
+            loss = self.forward(**self.batch, labels=self.labels).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def time(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.fn()
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def handle(req: dict, benches: dict) -> dict:
+    cmd = req["cmd"]
+    if cmd == "hello":
+        return {"versions": _versions()}
+    if cmd == "build":
+        if req.get("threads"):
+            torch.set_num_threads(int(req["threads"]))
+        t0 = time.perf_counter()
+        b = Bench(req)
+        warm = b.time(int(req.get("warmup", 1)))
+        benches[req["key"]] = b
+        return {"build_s": time.perf_counter() - t0, "warmup_s": warm, "params_total": b.params_total,
+                "params_trainable": b.params_trainable}
+    if cmd == "time":
+        return {"times": benches[req["key"]].time(int(req["n"]))}
+    if cmd == "drop":
+        benches.pop(req["key"], None)
+        return {}
+    if cmd == "save":
+        b = benches[req["key"]]
+        method, d = b.spec["method"], req["dir"]
+        if method == "adapterkit":
+            import adapterkit as ak
+
+            ak.save_adapter(b.model, "task", d)
+        elif method == "adapterhub":
+            b.model.save_adapter(d, "task", with_head=False)
+        else:  # lora -> adapter only; full -> the whole model (safetensors)
+            b.model.save_pretrained(d)
+        return {"bytes": _dir_bytes(d), "files": sorted(os.listdir(d))}
+    if cmd == "memory":
+        # Fresh process per configuration (run.py's job). Peak RSS of the training steps above the RSS held
+        # before them: VmHWM is reset through /proc/self/clear_refs ("5") after the model, batch and
+        # optimizer exist, then read after ``steps`` training steps.
+        if req.get("threads"):
+            torch.set_num_threads(int(req["threads"]))
+        b = Bench(req)
+        before = _vm("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        times = b.time(int(req.get("steps", 2)))
+        peak = _vm("VmHWM")
+        return {"rss_before": before, "rss_peak": peak, "delta": peak - before, "times": times,
+                "params_trainable": b.params_trainable}
+    if cmd == "quit":
+        return {"bye": True}
+    raise ValueError(f"unknown cmd {cmd!r}")
+
+
+def main() -> None:
+    benches: dict = {}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        try:
+            resp = {"ok": True, **handle(req, benches)}
+        except Exception as e:  # noqa: BLE001 - reported to the orchestrator
+            resp = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+        _PROTO.write(json.dumps(resp) + "\n")
+        _PROTO.flush()
+        if req.get("cmd") == "quit":
+            break
+
+
+if __name__ == "__main__":
+    main()
