@@ -38,13 +38,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _timing_table(group: dict, what: str) -> str:
     ref = "plain model" if group["kind"] == "infer" else "full fine-tuning"
-    head = [what, "venv", "median ms", "p25-p75 ms", "examples/s", f"ratio vs {ref} (same venv) [p25, p75]"]
+    clock = group["rows"][0].get("clock", "wall") if group["rows"] else "wall"
+    head = [what, "venv", f"median ms ({clock})", "p25-p75 ms", "wall median ms", "examples/s",
+            f"ratio vs {ref} (same venv, {clock}) [p25, p75]"]
     if group["kind"] == "train":
         head.insert(2, "trainable params")
     rows = []
     for r in group["rows"]:
         row = [r["label"].replace(" [side venv]", ""), r["venv"], _ms(r["median_s"]), f"{_ms(r['p25_s'])}-{_ms(r['p75_s'])}",
-               f"{r['examples_per_s']:.1f}", _ratio(r)]
+               _ms(r.get("wall_median_s", r["median_s"])), f"{r['examples_per_s']:.1f}", _ratio(r)]
         if group["kind"] == "train":
             row.insert(2, f"{r['params_trainable']:,}")
         rows.append(row)
