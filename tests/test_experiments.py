@@ -1,0 +1,104 @@
+"""The experiment runner's doc generator on the committed JSON results (fast: no training).
+
+* docs/results.md is exactly what experiments/report.py builds from experiments/results/*.json, so every
+  number in the doc is one the runner wrote;
+* spot checks: Table 1's cells equal the JSON's best main metric x 100;
+* re-running the runner with everything cached trains nothing (training is patched to fail).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+DOC = ROOT / "docs" / "results.md"
+
+pytestmark = pytest.mark.skipif(not (EXPERIMENTS / "results").is_dir() or not DOC.is_file(),
+                                reason="no committed experiment results")
+
+
+@pytest.fixture(scope="module")
+def modules():
+    sys.path.insert(0, str(EXPERIMENTS))
+    import report
+    import run
+
+    yield run, report
+    sys.path.remove(str(EXPERIMENTS))
+
+
+def doc_budget() -> str:
+    match = re.search(r"^## Budget: `(\w+)`", DOC.read_text(), re.M)
+    assert match, "docs/results.md names no budget"
+    return match.group(1)
+
+
+def test_doc_is_built_from_the_json(modules):
+    run, report = modules
+    text, _ = report.build_doc(doc_budget())
+    assert text == DOC.read_text(), "docs/results.md is stale: run `python experiments/run.py --doc-only`"
+
+
+def test_every_result_json_is_well_formed(modules):
+    run, _ = modules
+    files = sorted((EXPERIMENTS / "results").rglob("*.json"))
+    assert files
+    for path in files:
+        record = json.loads(path.read_text())
+        assert record["key"] == run.spec_key(record["spec"]), path
+        assert path.name == f"{record['label']}-{record['key']}.json", path
+        if path.parent.name == "train" and "error" not in record["result"]:
+            best = record["result"]["best"]
+            assert best["main"] == best[{"accuracy": "accuracy", "f1_accuracy": "f1", "mcc": "mcc",
+                                         "pearson_spearman": "pearson", "squad": "f1"}[record["result"]["metric"]]]
+
+
+def test_table1_cells_match_the_json(modules):
+    run, report = modules
+    R = run.Runner(doc_budget(), dry=True, log=lambda *a: None)
+    text = DOC.read_text()
+    checked = 0
+    for task in list(R.B["table1_tasks"]) + list(R.B["table1_late"]):
+        full = run.table1_choice(R, task, "full")
+        best = run.table1_choice(R, task, "adapter")
+        if full is None or best is None:
+            continue
+        row = next(line for line in text.splitlines() if line.startswith(f"| {report.name(task)} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1].split()[0] == f"{100 * full['result']['best']['main']:.1f}"
+        assert cells[2].split()[0] == f"{100 * best['result']['best']['main']:.1f}"
+        checked += 1
+    assert checked, "no Table 1 row to check"
+
+
+def test_rerun_with_everything_cached_trains_nothing(modules, monkeypatch):
+    run, report = modules
+    budget = doc_budget()
+    d = report.Doc(budget)
+    report.build_doc(budget)  # fills nothing: just make sure it works in dry mode
+    done = report.Doc(budget)
+    for section in (report.table1, report.sequential, report.table2, report.squad):
+        section(done)
+    report.figure3(done, False)
+    report.ablation(done, False)
+    complete = [exp for exp, (have, total) in done.status.items() if have == total and total]
+    assert complete, "no experiment is complete in the committed results"
+
+    def fail(*a, **k):
+        raise AssertionError("a cached re-run must not train")
+
+    monkeypatch.setattr(run, "_worker", fail)
+    monkeypatch.setattr(run, "_train_now", fail)
+    monkeypatch.setattr(report, "write_doc", lambda *a, **k: "")
+    logs = []
+    R = run.Runner(budget, log=logs.append)
+    for exp in complete:
+        run.EXPERIMENTS[exp](R)
+    assert R.trained == 0, logs
+    del d
