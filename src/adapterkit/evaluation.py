@@ -115,7 +115,7 @@ def predict(trained: Trained, text: str, pair: str | None = None, max_new_tokens
     model, tok, meta = trained.model, trained.tokenizer, trained.meta
     kind, max_length = meta.get("kind", "classification"), meta.get("max_length", 128)
     if kind == "lm":
-        enc = tok(text, return_tensors="pt")
+        enc = {k: v for k, v in tok(text, return_tensors="pt").items() if k in ("input_ids", "attention_mask")}
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         return {"prompt": text, "generated": tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)}
     if kind == "qa":

@@ -22,7 +22,7 @@ def tokenize(examples: Sequence[dict], kind: str, tokenizer, max_length: int) ->
     texts = [e["text"] for e in examples]
     if kind == "lm":
         enc = tokenizer(texts, truncation=True, max_length=max_length)
-        features = [{k: enc[k][i] for k in MODEL_INPUTS if k in enc} for i in range(len(texts))]
+        features = [{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(texts))]
         for f in features:
             f["labels"] = list(f["input_ids"])
         return [f for f in features if len(f["input_ids"]) >= 2]  # a 1-token row has nothing to predict

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import metrics as M
 from .data import load_task
-from .evaluation import build_features, evaluate
+from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
 from .methods import MethodConfig, count_parameters, prepare, save_result, trainable_state
 from .models import load_model
@@ -186,7 +186,14 @@ def train(config: TrainConfig, accelerator=None) -> dict:
                      max_validation=config.max_validation, **config.data)
     max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
     set_seed(config.seed)  # the new head's initialisation
-    model, tokenizer = load_model(config.model, kind=task.kind, labels=task.label_names)
+    try:
+        model, tokenizer = load_model(config.model, kind=task.kind, labels=task.label_names)
+    except RuntimeError as e:  # transformers: the checkpoint's head has another size than the task needs
+        if "mismatched" not in str(e):
+            raise
+        raise HeadMismatchError(f"model {config.model!r} has a task head whose size does not fit task {task.name!r} "
+                                f"({task.num_labels or 1} outputs); use its base model (without the head) or a model "
+                                "trained for these labels") from None
     trainable = prepare(model, method, task.kind, task.label_names)
     counts = count_parameters(model)
     train_features = build_features(task.train, task.kind, tokenizer, max_length, config.doc_stride)
@@ -301,7 +308,7 @@ def _train_epoch(model, optimizer, scheduler, features, kind, config, epoch, pad
         batch = {k: v.to(accelerator.device) for k, v in collate(mine, kind, pad_id).items()}
         summed = loss_sum(model(**model_inputs(batch)), batch, kind)
         if not torch.isfinite(summed):
-            raise TrainError(f"the loss became {float(summed)} at epoch {epoch + 1}; lower --lr "
+            raise TrainError(f"the loss became {float(summed.detach())} at epoch {epoch + 1}; lower --lr "
                              f"(now {config.learning_rate:g}) or check the data for broken labels")
         accelerator.backward(summed * n_proc / targets)
         if config.grad_clip:
