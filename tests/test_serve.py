@@ -284,15 +284,17 @@ def test_metrics(client):
 
 
 def test_backpressure_read_only_and_startup_errors(world):
-    """A second server: a long batch window and a queue of 4 inputs give a deterministic 503; --read-only."""
+    """A second server: a long batch window (3 s) and a queue of 4 inputs give a deterministic 503; --read-only."""
     args = ["--model", str(world["model_dir"]), "--adapter", f"sentiment={world['dirs']['sentiment']}",
-            "--max-queue", "4", "--batch-window-ms", "1500", "--max-batch-size", "64", "--read-only",
+            "--max-queue", "4", "--batch-window-ms", "3000", "--max-batch-size", "64", "--read-only",
             "--log-level", "warning", "--threads", "1"]
     s = Server(args, world["root"] / "server2.log")
     try:
         with httpx.Client(base_url=s.url, timeout=60) as c, concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(c.post, "/v1/predict", json={"task": "sentiment", "inputs": ["a", "b", "c"]})
-            time.sleep(0.5)  # the first request now waits in its batch window, holding 3 of 4 slots
+            deadline = time.monotonic() + 2.5  # wait until the first request waits in its batch window
+            while c.get("/healthz").json()["queued_inputs"] != 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
             r = c.post("/v1/predict", json={"task": "sentiment", "inputs": ["d", "e"]})
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             assert first.result().status_code == 200
@@ -302,8 +304,19 @@ def test_backpressure_read_only_and_startup_errors(world):
             assert c.delete("/v1/adapters/sentiment").status_code == 403
     finally:
         s.stop()
-    with pytest.raises(RuntimeError, match="different base model"):
-        Server(["--model", str(world["model_dir"]), "--adapter", f"x={world['foreign']}"], world["root"] / "server3.log")
+
+
+def test_startup_errors_exit_with_a_message(world, capsys):
+    """What `adapterkit serve` does with an adapter it cannot load or a bad setting: exit 2, one line."""
+    from adapterkit.serve import main
+
+    for argv, message in ((["--adapter", f"x={world['foreign']}"], "different base model"),
+                          (["--adapter", "x"], "adapter_config.json not found"),
+                          (["--max-batch-size", "0"], "max_batch_size must be >= 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--model", str(world["model_dir"]), "--port", "0", *argv])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 # --- in-process: the worker ---------------------------------------------------------------------------------
@@ -324,7 +337,8 @@ def _features(world, texts):
 
 def test_engine_window_cap_and_fifo_controls(engine, world):
     f = lambda texts, task="sentiment": engine.submit(task, _features(world, texts))  # noqa: E731
-    a, b, c = f(["x"]), f(["y", "z"], "topic"), f(["w"])
+    x, yz, w = _features(world, ["x"]), _features(world, ["y", "z"]), _features(world, ["w"])
+    a, b, c = engine.submit("sentiment", x), engine.submit("topic", yz), engine.submit("sentiment", w)
     for fut in (a, b, c):
         fut.result(30)
     assert engine.metrics.batches == 1  # three requests within the window: one mixed batch
