@@ -40,7 +40,7 @@ from .data import load_task
 from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
 from .methods import MethodConfig, count_parameters, prepare, save_result, trainable_state
-from .models import load_model
+from .models import MODELS, load_model
 
 #: Learning rates chosen by measurement on minilm / rotten_tomatoes (see docs): small adapters and
 #: probes need a much larger step than full fine-tuning (the paper's grid: 3e-5 .. 3e-3).
@@ -94,6 +94,8 @@ class TrainConfig:
 
     def recorded(self) -> dict:
         d = asdict(self)
+        if d["model"] not in MODELS and Path(d["model"]).exists():  # a local dir: eval may run elsewhere
+            d["model"] = str(Path(d["model"]).resolve())
         for k in ("resume", "overwrite", "progress", "output"):
             d.pop(k)
         d["lr"] = self.learning_rate
@@ -203,7 +205,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
                          "examples after tokenisation; check the data or raise --max-length")
 
     # 2. Optimiser over the trainable parameters only; schedule over all global steps.
-    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    n_proc = accelerator.num_processes
     if config.batch_size % n_proc:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {n_proc} processes")
     steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
@@ -328,7 +330,8 @@ def _train_epoch(model, optimizer, scheduler, features, kind, config, epoch, pad
 def _write_outputs(model, tokenizer, method, run_dir: Path, metrics: dict, config: TrainConfig, max_length: int):
     from .plots import plot_curves
 
-    meta = {"task": metrics["task"], "kind": metrics["kind"], "metric": metrics["metric"], "model": config.model,
+    meta = {"task": metrics["task"], "kind": metrics["kind"], "metric": metrics["metric"],
+            "model": config.recorded()["model"],
             "method": config.method, "label_names": metrics["label_names"], "max_length": max_length,
             "doc_stride": config.doc_stride, "eval_batch_size": config.eval_batch_size, "seed": config.seed,
             "max_validation": config.max_validation, "data": config.data, "best": metrics["best"]}
