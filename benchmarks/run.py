@@ -46,10 +46,10 @@ DOC = ROOT / "docs" / "benchmarks.md"
 class Worker:
     """A worker process speaking JSON lines."""
 
-    def __init__(self, name: str, python: str, log_dir: Path):
+    def __init__(self, name: str, python: str, log_dir: Path, env: dict | None = None):
         self.name = name
         self.log = open(log_dir / f"worker-{name}.log", "w")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen([python, str(HERE / "worker.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1, env=env, cwd=str(ROOT))
 
@@ -110,7 +110,9 @@ def configs(kind: str, hidden: int, quick: bool, side: bool) -> list[tuple[str, 
     if not quick:
         out += [
             (f"adapterkit m={big}", "main", {"method": "adapterkit", "size": big}),
-            (f"adapterkit m={m16} layers 3-5", "main", {"method": "adapterkit", "size": m16, "layers": "upper"}),
+            (f"adapterkit m={m16} upper half of layers", "main", {"method": "adapterkit", "size": m16, "layers": "upper"}),
+            (f"adapterkit m={m16} + gradient checkpointing", "main", {"method": "adapterkit", "size": m16, "grad_ckpt": True}),
+            (f"adapterkit m={m16} bf16 autocast", "main", {"method": "adapterkit", "size": m16, "bf16": True}),
         ]
     if side:
         out += [("full fine-tuning [side venv]", "side", {"method": "full"}),
@@ -181,31 +183,45 @@ def timed_group(workers: dict, model_dir: str, n_layers: int, kind: str, batch: 
     return {"kind": kind, "batch": batch, "seq": seq, "rounds": rounds, "calls_per_round": calls, "rows": rows}
 
 
+# glibc's dynamic mmap threshold keeps freed blocks of up to 32 MiB in the heap, so RSS keeps the holes left by
+# the forward's temporaries; with a fixed threshold every block >= 64 KiB is mmapped and returned on free, so
+# RSS follows the live tensors. The main measurement uses it; a few rows repeat with the default allocator.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def memory_runs(pythons: dict, model_dir: str, n_layers: int, batch: int, seq: int, cfgs: list, steps: int,
-                threads: int, log_dir: Path, log) -> dict:
+                threads: int, log_dir: Path, log, default_malloc: tuple[str, ...] = ()) -> dict:
     rows = []
-    for label, venv, spec in cfgs:
+    runs = [(c, TUNED_MALLOC) for c in cfgs] + [((c[0] + " [default malloc]", *c[1:]), {}) for c in cfgs if c[0] in default_malloc]
+    for (label, venv, spec), env in runs:
         spec = dict(spec)
         if spec.get("layers") == "upper":
             spec["layers"] = list(range(n_layers // 2, n_layers))
-        w = Worker(f"mem-{len(rows)}", pythons[venv], log_dir)
+        w = Worker(f"mem-{len(rows)}", pythons[venv], log_dir, env=env)
         try:
             r = w.call(cmd="memory", model_dir=model_dir, mode="train", batch=batch, seq=seq, steps=steps,
                        threads=threads, **spec)
         finally:
             w.close()
-        rows.append({"label": label, "venv": venv, "spec": spec, "rss_before": r["rss_before"], "rss_peak": r["rss_peak"],
+        rows.append({"label": label, "venv": venv, "spec": spec, "malloc": "default" if not env else "mmap threshold 64 KiB",
+                     "saved_bytes": r["saved_bytes"], "saved_by_node": r["saved_by_node"],
+                     "rss_before": r["rss_before"], "rss_peak": r["rss_peak"],
                      "delta": r["delta"], "step_s": r["times"], "step_cpu_s": r["cpu"], "params_trainable": r["params_trainable"]})
-        log(f"  memory {label:42s} peak-above-start {r['delta'] / 2**20:7.0f} MiB (steps {', '.join(f'{t:.2f}' for t in r['times'])} s)")
+        log(f"  memory {label:42s} peak-above-start {r['delta'] / 2**20:7.0f} MiB, saved activations "
+            f"{r['saved_bytes'] / 2**20:6.0f} MiB (steps {', '.join(f'{t:.2f}' for t in r['times'])} s)")
     by = {r["label"]: r for r in rows}
     for r in rows:
-        ref = by.get(_ref_label(r["label"], r["venv"], "train"))
+        suffix = " [default malloc]" if r["malloc"] == "default" else ""
+        ref = by.get(_ref_label(r["label"].replace(suffix, ""), r["venv"], "train") + suffix)
         r["reference"] = ref["label"] if ref else None
         r["delta_ratio"] = r["delta"] / ref["delta"] if ref else None
         r["peak_ratio"] = r["rss_peak"] / ref["rss_peak"] if ref else None
+        r["saved_ratio"] = r["saved_bytes"] / ref["saved_bytes"] if ref and ref["saved_bytes"] else None
     return {"batch": batch, "seq": seq, "steps": steps, "rows": rows,
             "method": "VmHWM reset via /proc/self/clear_refs after model, batch and optimizer exist; delta = peak RSS "
-                      "during the training steps minus RSS just before them (gradients, AdamW state, activations)."}
+                      "during the training steps minus RSS just before them (gradients, AdamW state, activations); "
+                      "MALLOC_MMAP_THRESHOLD_=65536 unless marked [default malloc]. Saved activations: bytes autograd "
+                      "holds for backward after one forward (unique storages, parameters excluded)."}
 
 
 def checkpoints(workers: dict, model_dir: str, cfgs: list, log) -> list[dict]:
@@ -330,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
             plan_train = [(8, 128, 3, 1)]
             mem_shape, mem_steps = (8, 128), 2
         else:
-            plan_inf = [(32, 128, 5, 1), (8, 64, 6, 4)]
+            plan_inf = [(32, 128, 5, 1), (8, 64, 6, 4), (1, 16, 6, 10)]
             plan_train = [(32, 128, 3, 1), (8, 64, 5, 2)]
             mem_shape, mem_steps = (32, 128), 1
         sc = lambda r: max(2, round(r * args.scale))  # noqa: E731
@@ -352,12 +368,11 @@ def main(argv: list[str] | None = None) -> dict:
         if args.quick:  # the smoke test: one adapter configuration against its reference
             mem_cfgs = [c for c in mem_cfgs if c[0] in ("full fine-tuning", f"adapterkit m={m16}")]
         if big:  # MPNet: the main comparisons only, to keep the run bounded
-            mem_cfgs = [c for c in mem_cfgs if "m=64" not in c[0] and "layers" not in c[0]]
+            mem_cfgs = [c for c in mem_cfgs if not any(w in c[0] for w in ("m=64", "upper", "bf16"))]
         if not args.quick:
-            mem_cfgs += [(f"adapterkit m={m16} + gradient checkpointing", "main",
-                          {"method": "adapterkit", "size": m16, "grad_ckpt": True}),
-                         ("full fine-tuning + gradient checkpointing", "main", {"method": "full", "grad_ckpt": True})]
-        results["memory"] = memory_runs(pythons, model_dir, n_layers, *mem_shape, mem_cfgs, mem_steps, args.threads, log_dir, log)
+            mem_cfgs += [("full fine-tuning + gradient checkpointing", "main", {"method": "full", "grad_ckpt": True})]
+        results["memory"] = memory_runs(pythons, model_dir, n_layers, *mem_shape, mem_cfgs, mem_steps, args.threads, log_dir, log,
+                                        default_malloc=("full fine-tuning", f"adapterkit m={m16}"))
 
         log("checkpoint bytes per task")
         ck = [("full fine-tuning (save_pretrained)", "main", {"method": "full"}),

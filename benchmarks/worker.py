@@ -173,6 +173,38 @@ def _dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
+def saved_activation_bytes(b: Bench) -> dict:
+    """Bytes autograd keeps for backward after one training forward (unique storages, parameters excluded),
+    by (backward node, saved field): exact and independent of the allocator."""
+    params = {p.untyped_storage().data_ptr() for p in b.model.parameters()}
+    with b._ctx():
+        loss = b.forward(**b.batch, labels=b.labels).loss
+    seen, by, stack, visited = set(), {}, [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        for attr in dir(node):
+            if not attr.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(node, attr)
+            except Exception:  # noqa: BLE001 - some saved fields cannot be read back
+                continue
+            for t in value if isinstance(value, (tuple, list)) else [value]:
+                if torch.is_tensor(t):
+                    st = t.untyped_storage()
+                    if st.data_ptr() in params or st.data_ptr() in seen:
+                        continue
+                    seen.add(st.data_ptr())
+                    key = f"{type(node).__name__}.{attr[7:]}"
+                    by[key] = by.get(key, 0) + st.nbytes()
+        stack.extend(f for f, _ in node.next_functions)
+    del loss
+    return {"total": sum(by.values()), "by_node": dict(sorted(by.items(), key=lambda kv: -kv[1]))}
+
+
 def handle(req: dict, benches: dict) -> dict:
     cmd = req["cmd"]
     if cmd == "hello":
@@ -216,7 +248,10 @@ def handle(req: dict, benches: dict) -> dict:
             f.write("5")
         times, cpu = b.clocks(int(req.get("steps", 2)))
         peak = _vm("VmHWM")
+        saved = saved_activation_bytes(b)
         return {"rss_before": before, "rss_peak": peak, "delta": peak - before, "times": times, "cpu": cpu,
+                "saved_bytes": saved["total"], "saved_by_node": saved["by_node"],
+                "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
                 "params_trainable": b.params_trainable}
     if cmd == "quit":
         return {"bye": True}
