@@ -148,6 +148,8 @@ def train(
                          max_train=max_train, max_validation=max_validation, seed=seed, warmup=warmup, data=data,
                          resume=resume, overwrite=overwrite, progress=not quiet)
     metrics = run(config)
+    if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate launch: one process reports
+        return
     best = metrics["best"]
     typer.echo(table([[metrics["method"], f"{metrics['trainable_params']:,}", f"{metrics['trainable_pct']:.2f}",
                        best["epoch"], f"{best['main']:.4f}", f"{metrics['train_seconds']:.0f}"]],
