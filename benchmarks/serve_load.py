@@ -177,9 +177,17 @@ def direct(dirs: dict[str, Path], args) -> dict:
     names = list(dirs)
     rng = random.Random(7)
 
-    def batch():
-        items = [sentence(rng) if rng.random() >= 0.2 else (sentence(rng), sentence(rng)) for _ in range(args.batch_size)]
-        return items, [rng.choice(names) for _ in items]
+    def batch():  # the clients' request stream (same distribution), flattened into full batches
+        items: list = []
+        tasks: list[str] = []
+        while len(items) < args.batch_size:
+            task = rng.choice(names)
+            inputs: list = [sentence(rng) for _ in range(rng.randint(1, args.max_inputs_per_request))]
+            if rng.random() < 0.2:
+                inputs[0] = (inputs[0], sentence(rng))
+            items += inputs
+            tasks += [task] * len(inputs)
+        return items[: args.batch_size], tasks[: args.batch_size]
 
     items, tasks = batch()
     predict_mixed(model, items, tasks, tokenizer=tok, max_length=256)  # warm-up

@@ -357,6 +357,17 @@ def test_engine_window_cap_and_fifo_controls(engine, world):
     assert engine.queued_rows == 0
 
 
+def test_engine_skips_requests_cancelled_while_queued(engine, world):
+    """A client that disconnects cancels its future; the others in its batch are still answered."""
+    keep, drop, keep2 = (engine.submit("sentiment", _features(world, [t])) for t in ("a", "b", "c"))
+    assert drop.cancel()  # still waiting in the 300 ms window
+    assert keep.result(30) and keep2.result(30)
+    assert engine.running and engine.queued_rows == 0
+    unload = engine.unload("topic")
+    unload.cancel()  # may or may not have run yet; either way the worker goes on
+    assert engine.submit("sentiment", _features(world, ["d"])).result(30)
+
+
 def test_engine_isolates_a_failing_request(engine, world, monkeypatch):
     original = engine._predict
 

@@ -151,8 +151,9 @@ class BottleneckLayer(AdapterModule):
         return self._apply_mixed(h, x)
 
     def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """Each row through its own adapter: grouped by adapter (measured faster on CPU than gathering
-        per-row weights for a batched matmul; see benchmarks/mixed_batch.py)."""
+        """Each row through its own adapter, grouped by adapter. Gathering per-row weights for one batched
+        matmul (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping
+        works for every adapter kind (parallel too) without copying weights per row."""
         groups = self.routing.groups(h.device)
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
             pieces = []

@@ -387,6 +387,8 @@ class Engine:
             if item is None:
                 break
             if isinstance(item, _Control):
+                if not item.future.set_running_or_notify_cancel():
+                    continue  # the caller went away before it ran
                 try:
                     item.future.set_result(item.fn())
                 except BaseException as e:  # noqa: BLE001 - reported to the caller, never fatal
@@ -411,6 +413,10 @@ class Engine:
     def _run_batch(self, batch: list[_Request]) -> None:
         live = []
         for r in batch:
+            if r.future.running():  # a retry, request by request, of a failed batch
+                pass
+            elif not r.future.set_running_or_notify_cancel():
+                continue  # cancelled while queued (the client disconnected): skip it
             if r.task in self.tasks:
                 live.append(r)
             else:  # unloaded after this request was queued
