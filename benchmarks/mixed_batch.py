@@ -13,7 +13,12 @@ Timing: one warm-up call per variant, then ``--reps`` rounds in which the varian
 (base single mixed ... base single mixed ...); medians of wall time and of process CPU time are reported
 (CPU time is the steadier number on a shared machine; the load average is recorded with the results).
 
-    python benchmarks/mixed_batch.py                       # 32x128 and 16x64, 7 rounds
+Threads: on a small shared machine (2 cores, other jobs running) two intra-op threads made every variant
+about 3x slower in CPU time than one (OpenMP threads wait on each other at every small op), and they hurt
+the many-small-ops mixed variants most; results/mixed_batch.json is the --threads 1 run,
+results/mixed_batch_2threads.json the default-threads run on the same machine.
+
+    python benchmarks/mixed_batch.py --threads 1           # 32x128 and 16x64, 7 rounds
     python benchmarks/mixed_batch.py --shapes 8x32 --reps 3 --adapters 4
 Writes benchmarks/results/mixed_batch.json and prints a table.
 """

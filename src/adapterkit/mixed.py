@@ -53,7 +53,14 @@ def encode(tokenizer, inputs: Sequence[Text], max_length: int | None = 512) -> d
     bad = [i for i, it in enumerate(items) if len(it) != 2 or not all(t is None or isinstance(t, str) for t in it)]
     if bad:
         raise ValueError(f"input {bad[0]} must be a text or a [text, pair] of two texts, got {inputs[bad[0]]!r}")
-    rows = [tokenizer(a, b, truncation=max_length is not None, max_length=max_length) for a, b in items]
+    rows: list = [None] * len(items)
+    for want_pair in (False, True):  # one batched tokenizer call for the texts, one for the pairs
+        index = [i for i, (_, b) in enumerate(items) if (b is not None) == want_pair]
+        if index:
+            pairs = [items[i][1] for i in index] if want_pair else None
+            enc = tokenizer([items[i][0] for i in index], pairs, truncation=max_length is not None, max_length=max_length)
+            for k, i in enumerate(index):
+                rows[i] = {key: enc[key][k] for key in enc}
     return dict(tokenizer.pad(rows, padding=True, return_tensors="pt"))
 
 
