@@ -197,6 +197,7 @@ def render_doc(results: list[dict], analysis: str = "") -> str:
 def load_results(results_dir: Path, include_quick: bool = False) -> list[dict]:
     files = sorted(results_dir.glob("*.json"))
     order = {"minilm": 0, "mpnet": 1}
+    files = [p for p in files if not p.name.endswith(".partial.json")]
     res = [json.loads(p.read_text()) for p in files if include_quick or not p.stem.endswith("-quick")]
     if not res and not include_quick:
         return load_results(results_dir, include_quick=True)

@@ -201,6 +201,9 @@ def memory_runs(pythons: dict, model_dir: str, n_layers: int, batch: int, seq: i
         try:
             r = w.call(cmd="memory", model_dir=model_dir, mode="train", batch=batch, seq=seq, steps=steps,
                        threads=threads, **spec)
+        except RuntimeError as e:  # one configuration failing must not cost the run
+            log(f"  memory {label}: FAILED {str(e).splitlines()[0]}")
+            continue
         finally:
             w.close()
         rows.append({"label": label, "venv": venv, "spec": spec, "malloc": "default" if not env else "mmap threshold 64 KiB",
@@ -216,7 +219,7 @@ def memory_runs(pythons: dict, model_dir: str, n_layers: int, batch: int, seq: i
         r["reference"] = ref["label"] if ref else None
         r["delta_ratio"] = r["delta"] / ref["delta"] if ref else None
         r["peak_ratio"] = r["rss_peak"] / ref["rss_peak"] if ref else None
-        r["saved_ratio"] = r["saved_bytes"] / ref["saved_bytes"] if ref and ref["saved_bytes"] else None
+        r["saved_ratio"] = r["saved_bytes"] / ref["saved_bytes"] if ref and ref["saved_bytes"] and r["saved_bytes"] else None
     return {"batch": batch, "seq": seq, "steps": steps, "rows": rows,
             "method": "VmHWM reset via /proc/self/clear_refs after model, batch and optimizer exist; delta = peak RSS "
                       "during the training steps minus RSS just before them (gradients, AdamW state, activations); "
@@ -351,17 +354,25 @@ def main(argv: list[str] | None = None) -> dict:
             mem_shape, mem_steps = (32, 128), 1
         sc = lambda r: max(2, round(r * args.scale))  # noqa: E731
 
+        out_path = RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
+
+        def checkpoint_results() -> None:  # partial results survive a later failure (as <name>.partial.json)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out_path.with_suffix(".partial.json").write_text(json.dumps(results, indent=1))
+
         results["inference"] = []
         for b, t, rounds, calls in plan_inf:
             log(f"inference {name} {b}x{t}: {rounds} rounds x {calls} calls")
             results["inference"].append(timed_group(workers, model_dir, n_layers, "infer", b, t,
                                                     configs("infer", d, args.quick, side), sc(rounds), calls, args.threads, log))
+        checkpoint_results()
         results["training"] = []
         for b, t, rounds, calls in plan_train:
             log(f"training step {name} {b}x{t}: {rounds} rounds x {calls} steps")
             results["training"].append(timed_group(workers, model_dir, n_layers, "train", b, t,
                                                    configs("train", d, args.quick, side), sc(rounds), calls, args.threads, log))
 
+        checkpoint_results()
         m16 = round(d / 16)
         log(f"peak training memory {mem_shape[0]}x{mem_shape[1]}, one fresh process per configuration")
         mem_cfgs = configs("train", d, args.quick, side)
@@ -374,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["memory"] = memory_runs(pythons, model_dir, n_layers, *mem_shape, mem_cfgs, mem_steps, args.threads, log_dir, log,
                                         default_malloc=("full fine-tuning", f"adapterkit m={m16}"))
 
+        checkpoint_results()
         log("checkpoint bytes per task")
         ck = [("full fine-tuning (save_pretrained)", "main", {"method": "full"}),
               (f"adapterkit m={m16}", "main", {"method": "adapterkit", "size": m16}),
@@ -406,6 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(out)
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     print()
     print(report.render_tables(results))
     print(f"\nwrote {out.relative_to(ROOT)} in {results['wall_s']:.0f}s")
