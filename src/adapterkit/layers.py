@@ -155,6 +155,14 @@ class BottleneckLayer(AdapterModule):
         matmul (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping
         works for every adapter kind (parallel too) without copying weights per row."""
         groups = self.routing.groups(h.device)
+        if isinstance(groups[0][1], slice) and not torch.is_grad_enabled():  # inference: write into one output
+            out = torch.empty_like(h)
+            for name, rows in groups:
+                if name in self.adapters:  # rows of other adapters and of the base model pass unchanged
+                    torch.add(h[rows], self._branch(name, h[rows], None if x is None else x[rows]), out=out[rows])
+                else:
+                    out[rows] = h[rows]
+            return out
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
             pieces = []
             for name, rows in groups:
@@ -204,8 +212,11 @@ class ModuleCopies(AdapterModule):
             return self.adapters[active](*args, **kwargs) if active in self.adapters else None
         x = _first_tensor(args, kwargs)
         self.routing.check_batch(x.shape[0])
+        groups = self.routing.groups(x.device)
+        if self.role == "layer_norm" and isinstance(groups[0][1], slice) and _affine_layer_norm(self._base):
+            return self._mixed_layer_norm(x, groups)
         pieces = []
-        for name, rows in self.routing.groups(x.device):
+        for name, rows in groups:
             take = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, rows))
             pieces.append((rows, self.adapters[name](take(x)) if name in self.adapters else take(out)))
         # Heads of different tasks may differ in width: pad to the widest (zeros); see mixed.py.
@@ -217,6 +228,25 @@ class ModuleCopies(AdapterModule):
         for rows, piece in pieces:
             result[rows, ..., : piece.shape[-1]] = piece
         return result
+
+    def _mixed_layer_norm(self, x: torch.Tensor, groups: list[tuple[str | None, slice]]) -> torch.Tensor:
+        """LayerNorm copies on a batch sorted by adapter: normalise once, then each row's own affine
+        (weight and bias of its adapter's copy, or the base module's), one fused multiply-add."""
+        weights, biases = [], []
+        for name, rows in groups:
+            norm = self.adapters[name] if name in self.adapters else self._base
+            weights.append(norm.weight.expand(rows.stop - rows.start, -1))
+            biases.append(norm.bias.expand(rows.stop - rows.start, -1))
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)  # (B, 1, ..., d)
+        weight, bias = torch.cat(weights).view(shape), torch.cat(biases).view(shape)
+        normed = nn.functional.layer_norm(x, self._base.normalized_shape, None, None, self._base.eps)
+        return torch.addcmul(bias, normed, weight)
+
+
+def _affine_layer_norm(module: nn.Module) -> bool:
+    """A plain nn.LayerNorm over the last dimension with weight and bias (BERT-style models)."""
+    return (type(module) is nn.LayerNorm and module.weight is not None and module.bias is not None
+            and len(module.normalized_shape) == 1)
 
 
 __all__ = ["AdapterModule", "BottleneckLayer", "ModuleCopies", "Routing"]
