@@ -39,3 +39,16 @@ def test_acceptance_adapter_vs_full_vs_head(tmp_path):
     assert adapter >= 0.78 and results["adapter"]["trainable_pct"] < 4
     assert full - adapter <= 0.015
     assert head < adapter - 0.02 and head < full - 0.02
+
+
+@pytest.mark.slow
+def test_demo_command_prints_the_table(tmp_path):
+    result = runner.invoke(app, ["demo", "--output", str(tmp_path / "demo"), "--max-train", "64",
+                                 "--max-validation", "64", "--epochs", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    table = result.stdout
+    for word in ("head", "adapter", "full", "trained %", "val accuracy"):
+        assert word in table
+    again = runner.invoke(app, ["demo", "--output", str(tmp_path / "demo"), "--max-train", "64",
+                                "--max-validation", "64", "--epochs", "1", "--quiet"])
+    assert again.exit_code == 0 and "training" not in again.stderr  # finished runs are reused
