@@ -283,12 +283,17 @@ def demo(
     max_train: int = 2000,
     max_validation: int = 1000,
     epochs: int = 2,
+    batch_size: int = 16,
     max_length: int = 64,
     quiet: bool = False,
     threads: Threads = None,
 ):
     """The paper's point in miniature: head-only vs adapters (size 64) vs full fine-tuning on rotten_tomatoes
-    with the bundled MiniLM, on CPU in about 10 minutes."""
+    with the bundled MiniLM, on CPU in about 10 minutes.
+
+    The defaults were measured: 2000 training snippets x 2 epochs at batch 16 bring adapters to ~0.79
+    validation accuracy (4000 x 2 at batch 32 reach ~0.80), at about a third of full fine-tuning's cost."""
+    from .sweep import finished_run
     from .train import TrainConfig, train as run
 
     _set_threads(threads)
@@ -296,13 +301,13 @@ def demo(
     started = time.perf_counter()
     for method in ("head", "adapter", "full"):
         run_dir = Path(output) / method
-        if (run_dir / "metrics.json").is_file():
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-        else:
+        config = TrainConfig(output=str(run_dir), method=method, adapter_size=64, epochs=epochs,
+                             batch_size=batch_size, max_train=max_train, max_validation=max_validation,
+                             max_length=max_length, resume=True, overwrite=True, progress=not quiet)
+        metrics = finished_run(run_dir, config)
+        if metrics is None:
             typer.echo(f"training {method} ...", err=True)
-            metrics = run(TrainConfig(output=str(run_dir), method=method, adapter_size=64, epochs=epochs,
-                                      max_train=max_train, max_validation=max_validation, max_length=max_length,
-                                      resume=True, progress=not quiet))
+            metrics = run(config)
         rows.append([method, f"{metrics['trainable_params']:,}", f"{metrics['trainable_pct']:.2f}%",
                      f"{metrics['best']['accuracy']:.4f}", f"{metrics['train_seconds']:.0f} s"])
     typer.echo(f"\nrotten_tomatoes, minilm (all-MiniLM-L6-v2), {max_train} train / {max_validation} validation "

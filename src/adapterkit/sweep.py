@@ -33,12 +33,11 @@ def sweep(base: TrainConfig, output: str | Path, lrs: Sequence[float], sizes: Se
     for lr, size, n_epochs in itertools.product(lrs, sizes, epochs):
         name = run_name(lr, size, n_epochs)
         run_dir = output / "runs" / name
-        cached = (run_dir / "metrics.json").is_file()
-        if cached:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-        else:
-            config = dataclasses.replace(base, output=str(run_dir), lr=lr, adapter_size=size, epochs=n_epochs,
-                                         resume=True, overwrite=False)
+        config = dataclasses.replace(base, output=str(run_dir), lr=lr, adapter_size=size, epochs=n_epochs,
+                                     resume=True, overwrite=True)
+        metrics = finished_run(run_dir, config)
+        cached = metrics is not None
+        if not cached:  # new, interrupted (resumed), or made with other settings (retrained)
             metrics = train(config)
         if on_run:
             on_run(name, metrics, cached)
@@ -55,6 +54,16 @@ def sweep(base: TrainConfig, output: str | Path, lrs: Sequence[float], sizes: Se
     _atomic_write(output / "sweep.json", json.dumps(summary, indent=2) + "\n")
     _atomic_write(output / "sweep.md", markdown(summary))
     return summary
+
+
+def finished_run(run_dir: Path, config: TrainConfig) -> dict | None:
+    """The metrics of a finished run in ``run_dir`` made with exactly ``config``'s settings, else None."""
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        if metrics.get("config") == json.loads(json.dumps(config.recorded())):
+            return metrics
+    return None
 
 
 def markdown(summary: dict) -> str:
@@ -75,4 +84,4 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["PAPER_LRS", "PAPER_SIZES", "markdown", "run_name", "sweep"]
+__all__ = ["PAPER_LRS", "PAPER_SIZES", "finished_run", "markdown", "run_name", "sweep"]
