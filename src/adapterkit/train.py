@@ -42,9 +42,10 @@ from .features import collate, loss_sum, model_inputs, target_count
 from .methods import MethodConfig, count_parameters, prepare, save_result, trainable_state
 from .models import MODELS, load_model
 
-#: Learning rates chosen by measurement on minilm / rotten_tomatoes (see docs): small adapters and
-#: probes need a much larger step than full fine-tuning (the paper's grid: 3e-5 .. 3e-3).
-DEFAULT_LR = {"adapter": 1e-3, "ln": 1e-3, "head": 3e-3, "top-k": 1e-4, "full": 5e-5}
+#: Learning rates chosen by measurement on minilm / rotten_tomatoes (2000-4000 examples, 2 epochs): adapters
+#: at 1e-3 reach 0.79-0.80 like full fine-tuning at 5e-5; the linear probe needs 3e-2 (at 3e-3 it stays near
+#: the majority class). The paper's grid is 3e-5 .. 3e-3; `adapterkit sweep` searches it.
+DEFAULT_LR = {"adapter": 1e-3, "ln": 1e-3, "head": 3e-2, "top-k": 1e-4, "full": 5e-5}
 DEFAULT_MAX_LENGTH = {"classification": 128, "regression": 128, "qa": 384, "lm": 128}
 
 
