@@ -50,6 +50,9 @@ def _data_options(data_dir, train_file, validation_file, text_column, text_pair_
              "text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
              "problem_type": problem_type}
     options = {k: v for k, v in given.items() if v is not None}
+    for key in ("data_dir", "train_file", "validation_file"):  # recorded for eval: absolute paths
+        if key in options and Path(options[key]).exists():
+            options[key] = str(Path(options[key]).resolve())
     if task.startswith("glue/") and "data_dir" not in options:
         default = glue_dir()  # the data layer's default, recorded so eval reads the same files
         options["data_dir"] = str(default.resolve())
