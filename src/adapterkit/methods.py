@@ -157,8 +157,9 @@ def read_result_meta(directory: str | Path) -> tuple[str, dict]:
 
 
 def trainable_state(model: nn.Module) -> dict:
-    """The trainable tensors by parameter name (what a checkpoint or the best snapshot needs)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable tensors by parameter name (what a checkpoint or the best snapshot needs), copied to
+    the CPU (the best snapshot then costs no accelerator memory)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def named_trainable(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
