@@ -106,6 +106,13 @@ def table(rows: list[list], headers: list[str]) -> str:
     return "\n".join([fmt(cells[0]), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells[1:]])
 
 
+def _main_name(metric_set: str) -> str:
+    """What ``main`` is for a metric set (accuracy, f1, mcc, pearson, perplexity)."""
+    from .metrics import METRIC_SETS
+
+    return METRIC_SETS[metric_set][1] if metric_set in METRIC_SETS else "main"
+
+
 def _metric_rows(scores: dict) -> list[list]:
     return [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in scores.items()]
 
@@ -156,7 +163,7 @@ def train(
     best = metrics["best"]
     typer.echo(table([[metrics["method"], f"{metrics['trainable_params']:,}", f"{metrics['trainable_pct']:.2f}",
                        best["epoch"], f"{best['main']:.4f}", f"{metrics['train_seconds']:.0f}"]],
-                     ["method", "trained params", "trained %", "best epoch", f"val {metrics['metric']}", "train s"]))
+                     ["method", "trained params", "trained %", "best epoch", f"val {_main_name(metrics['metric'])}", "train s"]))
     typer.echo(f"wrote {output}/metrics.json, {output}/adapter, {output}/curves.png")
 
 
@@ -271,7 +278,8 @@ def sweep(
                        data=data, progress=not quiet)
 
     def report(name, metrics, cached):
-        typer.echo(f"{name}: val {metrics['metric']} {metrics['best']['main']:.4f}{' (done before)' if cached else ''}")
+        typer.echo(f"{name}: val {_main_name(metrics['metric'])} {metrics['best']['main']:.4f}"
+                   f"{' (done before)' if cached else ''}")
 
     summary = run(base, output, _floats(lrs), [int(s) for s in _floats(sizes)], [int(e) for e in _floats(epochs)],
                   on_run=report)
