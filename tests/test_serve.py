@@ -2,13 +2,15 @@
 
 A tiny random BERT (with the real MiniLM tokenizer) keeps the model cheap; every answer is compared with
 calling the model directly (each request alone, its adapter active) at 1e-5. In-process tests cover the
-batching worker (window, cap, control messages in FIFO order, failure isolation) without HTTP.
+batching worker (window, cap, control messages in FIFO order, failure isolation) without HTTP, and the
+``--adapter-root`` guard through the app (FastAPI's TestClient, no server process).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import random
+import shutil
 import threading
 import time
 
@@ -312,11 +314,48 @@ def test_startup_errors_exit_with_a_message(world, capsys):
 
     for argv, message in ((["--adapter", f"x={world['foreign']}"], "different base model"),
                           (["--adapter", "x"], "adapter_config.json not found"),
-                          (["--max-batch-size", "0"], "max_batch_size must be >= 1")):
+                          (["--max-batch-size", "0"], "max_batch_size must be >= 1"),
+                          (["--adapter-root", str(world["root"] / "nowhere")], "is not a directory")):
         with pytest.raises(SystemExit) as exit_:
             main(["--model", str(world["model_dir"]), "--port", "0", *argv])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_adapter_root_guards_hot_loading(world, tmp_path):
+    """With adapter roots, POST /v1/adapters loads only directories that resolve inside one (in process)."""
+    from fastapi.testclient import TestClient
+
+    from adapterkit.serve import create_app
+
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    shutil.copytree(world["dirs"]["hot"], allowed / "hot")
+    (allowed / "inner").symlink_to(allowed / "hot")  # a symlink that stays inside: fine
+    (allowed / "escape").symlink_to(world["dirs"]["hot"])  # inside by name, outside once resolved
+    (allowed / "loop").symlink_to(allowed / "loop")  # cannot be resolved
+    (tmp_path / "allowed-not").mkdir()  # shares the root's name as a string prefix
+    other.mkdir()
+    model, tok = load_model(str(world["model_dir"]))
+    settings = ServeSettings(adapter_roots=[str(allowed), other])
+    assert settings.adapter_roots == (str(allowed.resolve()), str(other.resolve()))
+    with TestClient(create_app(model, tok, settings=settings)) as c:
+        r = c.post("/v1/adapters", json={"name": "hot", "path": str(allowed / "hot")})
+        assert r.status_code == 201 and r.json()["path"] == str((allowed / "hot").resolve())
+        assert c.post("/v1/adapters", json={"name": "inner", "path": str(allowed / "inner")}).status_code == 201
+        for path in (world["dirs"]["hot"], allowed / "escape", allowed / "hot" / ".." / "..", tmp_path / "allowed-not",
+                     allowed / "loop", f"{allowed}/hot\0"):
+            r = c.post("/v1/adapters", json={"name": "out", "path": str(path)})
+            assert r.status_code == 403, (path, r.text)
+            assert r.json()["detail"] == (f"{path} is outside the adapter roots this server loads from: "
+                                          f"{allowed.resolve()}, {other.resolve()}")
+        assert c.post("/v1/adapters", json={"name": "out", "path": str(allowed / "nowhere")}).status_code == 400
+        assert {a["name"] for a in c.get("/v1/adapters").json()["adapters"]} == {"hot", "inner"}
+        r = c.post("/v1/predict", json={"task": "inner", "inputs": TEXTS[:2]})
+        check(world, "hot", TEXTS[:2], {**r.json(), "task": "hot"})
+    # One root given as a single directory; --read-only still refuses everything.
+    with TestClient(create_app(model, tok, settings=ServeSettings(adapter_roots=str(allowed), read_only=True))) as c:
+        r = c.post("/v1/adapters", json={"name": "hot2", "path": str(allowed / "hot")})
+        assert r.status_code == 403 and "--read-only" in r.json()["detail"]
 
 
 # --- in-process: the worker ---------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""``adapterkit serve``: one frozen backbone, many task adapters, one HTTP server with mixed-task batching.
+
+    python -m adapterkit.serve --model minilm --adapter sentiment=runs/rt/adapter --adapter topic=runs/20ng/adapter \\
+        --host 127.0.0.1 --port 8000
+
+Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+  POST   /v1/predict           {"task": "sentiment", "inputs": ["text", ["text", "pair"], ...]}
+                               -> {"task", "predictions": [{"label", "scores": {label: prob}} | {"score": x}]}
+  GET    /v1/adapters          the loaded adapters with their heads and label names
+  POST   /v1/adapters          {"name", "path"}: load a saved adapter directory while serving (safetensors only,
+                               base-model fingerprint and checksum checked; nothing changes on error). Any
+                               directory on the server, unless ``--adapter-root DIR`` limits it to DIRs
+                               (paths resolved, symlinks followed) or ``--read-only`` refuses all
+  DELETE /v1/adapters/{name}   unload
+  GET    /healthz              200 while the worker is alive
+  GET    /metrics              Prometheus text: requests, inputs, batches, batch sizes, tasks per batch, latency
+
+How it works. One worker thread owns the model. HTTP handlers validate and tokenise a request, then queue it
+and wait. The worker takes the oldest request, keeps collecting requests for up to ``batch_window_ms`` (from
+the first one's arrival) or until ``max_batch_size`` rows, and runs them as ONE mixed-task batch through
+:func:`adapterkit.mixed.predict_mixed` (each row through its own adapter). Loading and unloading adapters are
+queued in the same FIFO and run by the worker between batches, so a batch always sees one fixed set of
+adapters: a request never gets a result from a half-loaded or another adapter (a request for an adapter
+unloaded before its batch ran gets 404). Back-pressure: at most ``max_queue`` input rows may be waiting or
+running; beyond that a request gets 503 with ``Retry-After``. A batch that fails is retried request by
+request, so one bad request fails alone, and no request can stop the worker.
+
+Errors: unknown task 404; malformed JSON or wrong types 422 (FastAPI's ``detail`` names the field, e.g.
+``["body", "inputs", 2]``); more than ``max_inputs`` inputs 413; a text over ``max_chars`` characters 422
+(texts are truncated to ``max_length`` tokens, as classification normally is); adapter name in use 409;
+an adapter directory that cannot be loaded 400; ``--read-only`` refuses load/unload with 403, and so does
+``--adapter-root`` a directory outside its roots.
+
+The modules, in reading order:
+  settings.py   ServeSettings and the errors (ServeError and its subclasses) that carry HTTP status codes
+  tasks.py      a loaded adapter as a Task; ``NAME=DIR`` specs, tokenising inputs, formatting predictions
+  metrics.py    counters and histograms rendered as Prometheus text
+  batcher.py    Engine: the FIFO, the worker thread, dynamic batching, load/unload between batches
+  schemas.py    the pydantic request and response bodies
+  app.py        create_app: the FastAPI routes around an Engine
+  server.py     serve() (load, bind, run uvicorn) and main() (argparse); __main__.py runs main()
+"""
+
+from .batcher import Engine
+from .metrics import Metrics
+from .server import main, serve
+from .settings import BadAdapter, Conflict, Forbidden, QueueFull, ServeError, ServeSettings, UnknownTask
+from .tasks import Task, parse_adapters, tokenize
+
+
+def __getattr__(name: str):
+    # create_app is imported on first use, so that importing this package (for Engine, or main's --help)
+    # does not import FastAPI and pydantic.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BadAdapter", "Conflict", "Engine", "Forbidden", "Metrics", "QueueFull", "ServeError", "ServeSettings",
+           "Task", "UnknownTask", "create_app", "main", "parse_adapters", "serve", "tokenize"]

@@ -1,0 +1,87 @@
+"""Running the server: :func:`serve` loads the model and adapters, binds the socket and runs uvicorn;
+:func:`main` is its command-line front end (``python -m adapterkit.serve``, see :mod:`.__main__`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from .settings import ServeError, ServeSettings
+
+HOT_LOADING = ("Hot loading (POST /v1/adapters) accepts any directory on the server unless --adapter-root or "
+               "--read-only is given.")
+
+
+def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), host: str = "127.0.0.1",
+          port: int = 8000, max_batch_size: int = 32, batch_window_ms: float = 5.0, max_queue: int = 1024,
+          max_inputs: int = 64, max_length: int = 256, max_chars: int = 20_000, read_only: bool = False,
+          threads: int | None = None, log_level: str = "info", access_log: bool = False,
+          adapter_root: str | Sequence[str] | None = None) -> None:
+    """Load ``model`` (an alias such as ``minilm``, or a model directory) with ``adapters`` ("name=dir") and
+    serve until interrupted. ``port=0`` picks a free port; the bound address is printed on stdout.
+
+    Hot loading (``POST /v1/adapters``) accepts any directory on the server unless ``adapter_root`` (one
+    directory or several) or ``read_only`` is given: with ``adapter_root``, only directories that resolve
+    (symlinks followed) inside one of those roots are loaded, others get 403; ``read_only`` refuses all."""
+    import uvicorn
+
+    from ..models import load_model
+    from .app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    settings = ServeSettings(max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, max_queue=max_queue,
+                             max_inputs=max_inputs, max_length=max_length, max_chars=max_chars, read_only=read_only,
+                             adapter_roots=adapter_root or ())
+    net, tokenizer = load_model(model, kind="classification")
+    app = create_app(net, tokenizer, adapters, settings, model_name=model)
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    tasks = app.state.engine.tasks
+    print(f"adapterkit serve: listening on http://{shown}:{bound} ({len(tasks)} adapters: "
+          f"{', '.join(tasks) or 'none'})", flush=True)
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="adapterkit serve", description="Serve many task adapters on one backbone "
+                                f"over HTTP, with mixed-task dynamic batching. {HOT_LOADING}")
+    # Every dest is a parameter of serve(), which gets them all by name.
+    p.add_argument("--model", default="minilm", help="model alias (minilm, mpnet) or a local model directory")
+    p.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=DIR",
+                   help="adapter directory to serve as task NAME (repeatable)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on stdout)")
+    d = ServeSettings()
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="rows per forward pass")
+    p.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
+                   help="how long a request waits for others to batch with")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="inputs waiting or running before 503")
+    p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request before 413")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per input (longer: truncated)")
+    p.add_argument("--max-chars", type=int, default=d.max_chars, help="characters per text before 422")
+    p.add_argument("--read-only", action="store_true", help="refuse loading/unloading adapters over HTTP")
+    p.add_argument("--adapter-root", action="append", default=None, metavar="DIR",
+                   help="hot loading accepts only directories that resolve (symlinks followed) inside DIR; "
+                   "others get 403 (repeatable). Without it any directory on the server can be loaded")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        serve(**vars(a))
+    except (ValueError, OSError, ServeError) as e:  # ModelError, AdapterLoadError, bad settings, port in use
+        print(f"adapterkit serve: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
