@@ -199,6 +199,7 @@ def load_results(results_dir: Path, include_quick: bool = False) -> list[dict]:
     order = {"minilm": 0, "mpnet": 1}
     files = [p for p in files if not p.name.endswith(".partial.json")]
     res = [json.loads(p.read_text()) for p in files if include_quick or not p.stem.endswith("-quick")]
+    res = [r for r in res if isinstance(r, dict) and "machine" in r and "inference" in r]  # other suites' files share the folder
     if not res and not include_quick:
         return load_results(results_dir, include_quick=True)
     return sorted(res, key=lambda r: (order.get(r["model"], 9), r.get("quick", False)))

@@ -74,6 +74,7 @@ def test_doc_renders_from_results_dir(tmp_path):
     (tmp_path / "minilm.json").write_text(json.dumps(_results()))
     quick = dict(_results(), quick=True)
     (tmp_path / "minilm-quick.json").write_text(json.dumps(quick))
+    (tmp_path / "serve_load.json").write_text(json.dumps({"another": "suite"}))  # ignored
     doc = tmp_path / "docs" / "benchmarks.md"
     report.write_doc(tmp_path, doc)
     text = doc.read_text()
