@@ -12,6 +12,7 @@ from .bottleneck import Bottleneck, bottleneck_parameter_count
 from .config import AdapterConfig, AdapterConfigError
 from .heads import HeadConfig
 from .io import AdapterLoadError, fingerprint, load_adapter, read_adapter_config, save_adapter
+from .mixed import predict_mixed
 from .model import (
     active_adapter,
     adapter_parameters,
@@ -48,6 +49,7 @@ __all__ = [
     "fingerprint",
     "list_adapters",
     "load_adapter",
+    "predict_mixed",
     "read_adapter_config",
     "remove_adapter",
     "save_adapter",

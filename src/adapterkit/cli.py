@@ -327,6 +327,14 @@ def demo(
     typer.echo(f"total {time.perf_counter() - started:.0f} s; runs in {output}/")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def serve(ctx: typer.Context):
+    """Serve adapters over HTTP with mixed-task dynamic batching (`adapterkit serve --help` for options)."""
+    from .serve import main as serve_main
+
+    serve_main(ctx.args)  # the server's own option parser (adapterkit.serve.server) owns the options
+
+
 def main() -> None:  # pragma: no cover - `python -m adapterkit.cli`
     app()
 

@@ -126,6 +126,9 @@ def resolve_model(name: str) -> str:
             return str(_unpack("smollm2", _fill_smollm2))
     except DataError as e:
         raise ModelError(f"cannot fetch the {name} model: {e}") from None
+    if not Path(name).exists() and name.startswith((".", "/", "~")):
+        raise ModelError(f"model directory {name} does not exist; give one of {', '.join(MODELS)}, "
+                         "a directory written by save_pretrained, or a hub id")
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise ModelError(f"{name} is not a model directory (no config.json); give one of {', '.join(MODELS)}, "
                          "a directory written by save_pretrained, or a hub id")
