@@ -150,7 +150,7 @@ def render_tables(res: dict) -> str:
 def _versions(res: dict) -> str:
     lines = []
     for venv, v in res.get("versions", {}).items():
-        lines.append(f"- {venv} venv: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+        lines.append(f"- {venv} venv: " + ", ".join(f"{k} {val}" for k, val in v.items() if k != "threads"))
     return "\n".join(lines)
 
 
@@ -172,6 +172,9 @@ def render_doc(results: list[dict], analysis: str = "") -> str:
            "given below), so single timings vary by tens of percent; interleaving makes the ratios comparable, and "
            "their quartiles show the remaining spread. Workers use 1 torch thread each (`--threads`), which keeps a "
            "preempted core from stalling a whole parallel region.",
+           "- **Clock: process CPU time** (`time.process_time()` around each call; `--clock wall` switches): on a machine "
+           "shared with other jobs, CPU time leaves out the time a worker sat preempted, which wall-clock cannot; the wall-"
+           "clock median is shown next to it. examples/s = batch / CPU-time median, i.e. per-core throughput.",
            "- Inference: `model.eval()`, `torch.inference_mode()`, random token ids, full attention mask, classification "
            "head with 2 labels. Training step: forward with labels, `loss.backward()`, `AdamW.step()`, `zero_grad` — "
            "the same batch for every method. Houlsby adapters: after the attention and FFN output projections of every "
