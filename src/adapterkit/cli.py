@@ -290,7 +290,7 @@ def sweep(
 @app.command()
 @cli_errors
 def demo(
-    output: Annotated[str, typer.Option(help="where the three runs go (finished runs are reused)")] = "adapterkit-demo",
+    output: Annotated[str, typer.Option(help="where the three runs go (finished runs are reused)")] = "runs/demo",
     max_train: int = 2000,
     max_validation: int = 1000,
     epochs: int = 2,
