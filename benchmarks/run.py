@@ -1,8 +1,8 @@
 """adapterkit side-by-side benchmarks (issue 6): one command, prints a table, writes JSON, regenerates the doc.
 
-    python benchmarks/run.py            # full suite on MiniLM (about 12-15 min on 2 shared cores)
-    python benchmarks/run.py --quick    # small shapes, few repeats (about 2 min): a smoke test
-    python benchmarks/run.py --model mpnet   # the same on MPNet-base (slower: about 5x MiniLM)
+    python benchmarks/run.py            # full suite on MiniLM (16 min on 2 cores at load 8; longer if busier)
+    python benchmarks/run.py --quick    # small shapes, few repeats (70-100 s): a smoke test
+    python benchmarks/run.py --model mpnet   # MPNet-base, main comparisons at 8x128 (about 18 min)
 
 Method. Every configuration lives in a worker process (``worker.py``): adapterkit, the plain model, full
 fine-tuning and head-only in adapterkit's venv; AdapterHub ``adapters`` and PEFT LoRA in a side venv (made by
