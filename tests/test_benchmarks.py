@@ -3,6 +3,7 @@ round trip (build, time, save, memory) on a tiny random BERT. Fast: no real mode
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,10 +12,19 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
 
-import flops  # noqa: E402
-import report  # noqa: E402
+
+def _load(name: str):
+    """benchmarks/<name>.py under a private module name: experiments/ has its own ``report`` module, and a bare
+    ``import report`` here would shadow it for other test files (sys.modules is shared)."""
+    spec = importlib.util.spec_from_file_location(f"_adapterkit_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+flops = _load("flops")
+report = _load("report")
 
 
 def test_flop_share_and_training_floor_minilm():
