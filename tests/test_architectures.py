@@ -190,3 +190,29 @@ def test_active_head_sets_the_label_count_transformers_uses_for_its_loss():
     assert model(**inputs, labels=torch.tensor([0.5, 1.0, 2.0])).loss.isfinite()
     ak.set_active(model, None)
     assert model.num_labels == 2 and model.config.problem_type is None
+
+
+def test_layer_norm_copies_swap_in_for_one_forward_and_always_swap_back():
+    model, inputs = tiny_model("bert"), tiny_inputs("bert")
+    norm = model.bert.encoder.layer[0].output.LayerNorm
+    base_weight = norm.weight
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=8))
+    with torch.no_grad():
+        norm.adapters.adapters["a"].weight.mul_(2)
+    ak.set_active(model, "a")
+    swapped = logits(model, inputs)
+    assert norm.weight is base_weight  # restored after the forward
+
+    def fail(module, args):
+        raise RuntimeError("boom")
+
+    handle = norm.register_forward_pre_hook(fail)  # runs after the swap: the forward dies half-way
+    with pytest.raises(RuntimeError, match="boom"):
+        logits(model, inputs)
+    handle.remove()
+    assert norm.weight is not base_weight
+    ak.set_active(model, None)
+    assert torch.equal(logits(model, inputs), logits(tiny_model("bert"), inputs))  # next forward put base back
+    assert norm.weight is base_weight
+    ak.set_active(model, ["a", "a", "a"])  # the mixed path re-runs the copies: same numbers
+    assert torch.allclose(logits(model, inputs), swapped, atol=1e-6)

@@ -190,6 +190,9 @@ class ModuleCopies(AdapterModule):
         self.__dict__["_template"] = copy.deepcopy(module)
         self.__dict__["_base"] = module
         self._handles = [module.register_forward_hook(self._on_output, with_kwargs=True)]
+        self._swapped: dict | None = None  # the base module's parameters while an adapter's are in place
+        if role == "layer_norm":
+            self._handles.append(module.register_forward_pre_hook(self._swap_in))
 
     def copy_of_base(self) -> nn.Module:
         """A fresh copy of the module with the base module's current weights."""
@@ -204,7 +207,25 @@ class ModuleCopies(AdapterModule):
     def add(self, name: str, module: nn.Module) -> None:
         self.adapters[name] = module
 
+    def _swap_in(self, module, args) -> None:
+        """One active adapter: the norm runs once, with the adapter's parameters in place of the base
+        module's, and ``_on_output`` puts the base ones back. (Re-running a copy after the base norm cost a
+        few percent of inference, in page faults for the extra output: see docs/benchmarks.md.)"""
+        self._restore(module)  # a forward that raised last time may have left them swapped
+        active = self.routing.active
+        if isinstance(active, str) and active in self.adapters:
+            self._swapped = dict(module._parameters)
+            module._parameters.update(self.adapters[active]._parameters)
+
+    def _restore(self, module) -> None:
+        if self._swapped is not None:
+            module._parameters.update(self._swapped)
+            self._swapped = None
+
     def _on_output(self, module, args, kwargs, out: torch.Tensor):
+        if self._swapped is not None:  # the norm already ran with the active adapter's parameters
+            self._restore(module)
+            return None
         active = self.routing.active
         if active is None:
             return None
