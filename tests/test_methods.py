@@ -92,3 +92,15 @@ def test_optimizer_state_only_for_trainable():
 def test_unknown_method():
     with pytest.raises(MethodError, match="lora"):
         MethodConfig("lora")
+
+
+@pytest.mark.parametrize("method", ["adapter", "full"])
+def test_regression_output_starts_at_the_mean_label(method):
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(bert_config(vocab_size=100, num_labels=1))
+    prepare(model, MethodConfig(method), "regression", None, label_mean=2.7)
+    model.eval()
+    out = model(torch.randint(0, 100, (4, 6))).logits
+    assert torch.allclose(out.mean(), torch.tensor(2.7), atol=0.3)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 import adapterkit as ak
@@ -82,9 +83,14 @@ def adapter_config_for(method: MethodConfig, model: nn.Module) -> ak.AdapterConf
                             train_layer_norms=method.method == "ln")
 
 
-def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list[str] | None) -> list[nn.Parameter]:
+def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list[str] | None,
+            label_mean: float | None = None) -> list[nn.Parameter]:
     """Set up ``model`` for ``method`` (adds the adapter where needed, sets requires_grad) and return
-    the trainable parameters: only these get optimiser state."""
+    the trainable parameters: only these get optimiser state.
+
+    ``label_mean`` (regression): the new output's bias starts at the mean training label. Adam moves a
+    parameter by about lr per step, so a bias starting at 0 would need thousands of adapter-sized steps
+    just to reach STS-B's mean score (2.7) and the model would predict a constant meanwhile."""
     if method.uses_adapter:
         ak.add_adapter(model, ADAPTER_NAME, adapter_config_for(method, model), head=head_for(kind, label_names))
         ak.train_adapter(model, ADAPTER_NAME)
@@ -98,8 +104,23 @@ def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list
             p.requires_grad_(True)
     else:  # top-k
         _select_top_layers(model, method.top_layers)
+    if kind == "regression" and label_mean is not None:
+        _set_output_bias(model, method, label_mean)
     model.train()
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def _set_output_bias(model: nn.Module, method: MethodConfig, value: float) -> None:
+    from .architectures import detect, head_modules
+
+    if method.uses_adapter:
+        heads = [h.adapters[ADAPTER_NAME] for _, h in adapter_modules(model) if h.role == "head"]
+    else:
+        heads = head_modules(model, detect(model))
+    linears = [m for head in heads[-1:] for m in head.modules() if isinstance(m, nn.Linear)]
+    if linears and linears[-1].bias is not None and linears[-1].out_features == 1:
+        with torch.no_grad():
+            linears[-1].bias.fill_(value)
 
 
 def _layer_lists(model: nn.Module) -> list[nn.ModuleList]:

@@ -197,7 +197,8 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         raise HeadMismatchError(f"model {config.model!r} has a task head whose size does not fit task {task.name!r} "
                                 f"({task.num_labels or 1} outputs); use its base model (without the head) or a model "
                                 "trained for these labels") from None
-    trainable = prepare(model, method, task.kind, task.label_names)
+    label_mean = sum(e["label"] for e in task.train) / len(task.train) if task.kind == "regression" else None
+    trainable = prepare(model, method, task.kind, task.label_names, label_mean)
     counts = count_parameters(model)
     train_features = build_features(task.train, task.kind, tokenizer, max_length, config.doc_stride)
     val_features = build_features(task.validation, task.kind, tokenizer, max_length, config.doc_stride)
