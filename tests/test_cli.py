@@ -62,6 +62,8 @@ def test_predict_and_info(trained):
     assert info.exit_code == 0
     for word in ("size 64", "houlsby", "labels", "weights_sha256", "trainable", "best"):
         assert word in info.stdout
+    counts = json.loads((trained / "adapter" / "adapter_config.json").read_text())["parameters"]
+    assert f"adapter {counts['adapter_params']:,}, layer_norm {counts['layer_norm_params']:,}" in info.stdout
 
 
 def test_sweep_writes_tables_and_continues(tiny, monkeypatch):

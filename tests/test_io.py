@@ -36,6 +36,8 @@ def test_save_then_load_into_fresh_base_gives_identical_logits(tmp_path, arch, h
     meta = ak.read_adapter_config(tmp_path / "a")
     assert meta["extra"] == {"task": "demo"} and meta["config"]["scaling"] == 2.0
     assert set(meta["base_model"]) == {"architecture", "hidden_size", "num_layers", "vocab_size", "weights_sha256"}
+    summary = ak.adapter_summary(model)["a"]
+    assert meta["parameters"] == {k: v for k, v in summary.items() if k != "percent"}
 
 
 def test_adapter_file_holds_only_the_adapter(tmp_path):

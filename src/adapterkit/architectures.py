@@ -135,6 +135,14 @@ def resolve(model: nn.Module, spec: ArchitectureSpec) -> list[LayerSites]:
     return sites
 
 
+def layer_lists(model: nn.Module, spec: ArchitectureSpec) -> list[nn.ModuleList]:
+    """The model's layer stacks (one ModuleList per Stack of the spec), in order."""
+    stacks = [_find_layer_list(model, stack.layers) for stack in spec.stacks]
+    if any(s is None for s in stacks):
+        raise ArchitectureError(f"{type(model).__name__} lacks a layer list of its spec")
+    return stacks
+
+
 def head_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
     """The model's task-head modules that exist (top-level attributes), in order."""
     return [m for m in (_get(model, alternatives) for alternatives in spec.head) if m is not None]
@@ -168,4 +176,4 @@ def _candidates(model: nn.Module, limit: int = 12) -> list[str]:
     return names[:limit]
 
 
-__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "head_modules", "resolve"]
+__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "head_modules", "layer_lists", "resolve"]

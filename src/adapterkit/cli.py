@@ -232,7 +232,7 @@ def predict(
 @cli_errors
 def info(adapter: Annotated[str, typer.Argument(help="the adapter/ folder of a training run (or any adapter dir)")]):
     """Show an adapter's config, base-model fingerprint, parameter counts and recorded metrics."""
-    from .inspect import describe
+    from .info import describe
 
     typer.echo(describe(adapter))
 

@@ -1,7 +1,8 @@
 """Saving and loading adapters: safetensors only, checked against the base model, written atomically.
 
 An adapter directory holds
-  adapter_config.json         {"name", "config", "head", "base_model" (fingerprint), "files" (sha256), "extra"}
+  adapter_config.json         {"name", "config", "head", "base_model" (fingerprint), "parameters" (counts),
+                               "files" (sha256), "extra"}
   adapter_model.safetensors   the adapter's bottlenecks, layer-norm copies and head -- nothing else
 Tensor keys are the model's state-dict keys without the adapter's name (``...dense.adapters.down.weight``),
 so an adapter can be loaded under another name. No pickle is ever read.
@@ -25,7 +26,7 @@ from torch import nn
 from .architectures import detect, resolve
 from .config import AdapterConfig
 from .heads import HeadConfig
-from .model import _output_dim, _require, adapter_modules, add_adapter, remove_adapter
+from .model import _output_dim, _require, adapter_modules, adapter_summary, add_adapter, remove_adapter
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -90,6 +91,7 @@ def save_adapter(model: nn.Module, name: str, directory: str | os.PathLike, extr
             "config": state.configs[name].to_dict(),
             "head": state.heads[name].to_dict(),
             "base_model": fingerprint(model),
+            "parameters": {k: v for k, v in adapter_summary(model)[name].items() if k != "percent"},
             "files": {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)},
             "extra": extra or {},
         }

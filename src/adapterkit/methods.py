@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import adapterkit as ak
-from .architectures import _find_layer_list
+from .architectures import detect, layer_lists
 from .model import adapter_modules
 
 METHODS = ("adapter", "full", "top-k", "ln", "head")
@@ -111,7 +111,7 @@ def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list
 
 
 def _set_output_bias(model: nn.Module, method: MethodConfig, value: float) -> None:
-    from .architectures import detect, head_modules
+    from .architectures import head_modules
 
     if method.uses_adapter:
         heads = [h.adapters[ADAPTER_NAME] for _, h in adapter_modules(model) if h.role == "head"]
@@ -123,26 +123,24 @@ def _set_output_bias(model: nn.Module, method: MethodConfig, value: float) -> No
             linears[-1].bias.fill_(value)
 
 
-def _layer_lists(model: nn.Module) -> list[nn.ModuleList]:
-    from .architectures import detect
-
-    return [_find_layer_list(model, stack.layers) for stack in detect(model).stacks]
-
-
 def _select_top_layers(model: nn.Module, k: int) -> None:
     """Train the top ``k`` layers of the (last) layer stack and every parameter above the layers
     (pooler, final norm, head); embeddings and lower layers stay frozen."""
-    stacks = _layer_lists(model)
+    stacks = layer_lists(model, detect(model))
     layers = stacks[-1]
     if not 1 <= k <= len(layers):
         raise MethodError(f"--top-layers must be between 1 and {len(layers)} for this model, got {k}")
     in_layers = {id(p) for stack in stacks for p in stack.parameters()}
     top = {id(p) for layer in list(layers)[-k:] for p in layer.parameters()}
-    embeddings = {id(p) for n, p in model.named_parameters() if "embed" in n}
-    if hasattr(model, "get_input_embeddings"):
-        embeddings |= {id(p) for p in model.get_input_embeddings().parameters()}
-    for p in model.parameters():
-        above = id(p) not in in_layers and id(p) not in embeddings
+    # Parameters are registered bottom-up (embeddings, layers, then pooler / final norm / head): whatever
+    # comes before the first layer's parameters is below the layers and stays frozen.
+    params = list(model.parameters())
+    first_layer = next(i for i, p in enumerate(params) if id(p) in in_layers)
+    below = {id(p) for p in params[:first_layer]}
+    if hasattr(model, "get_input_embeddings"):  # tied output embeddings are an input embedding too
+        below |= {id(p) for p in model.get_input_embeddings().parameters()}
+    for p in params:
+        above = id(p) not in in_layers and id(p) not in below
         p.requires_grad_(id(p) in top or above)
 
 

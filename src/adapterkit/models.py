@@ -163,6 +163,12 @@ def load_model(name: str = "minilm", kind: str = "classification", num_labels: i
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = auto.from_pretrained(path, **kwargs)
+    except RuntimeError as e:  # transformers 5: a saved head of another size ("ignore_mismatched_sizes")
+        if "size mismatch" not in str(e) and "mismatched" not in str(e):
+            raise
+        raise ModelError(f"model {name!r} has a task head of another size than this {kind} task needs "
+                         f"({num_labels or (len(labels) if labels else 1)} outputs); use its base model "
+                         "directory, or a task with the same labels") from None
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {name!r} as {kind}: {first}; give one of {', '.join(MODELS)}, "

@@ -1,31 +1,15 @@
 """``adapterkit info``: what a saved adapter (or a saved full / top-k model) is, without loading a model.
 
-Parameter counts come from the safetensors header (shapes only, no tensor data read); recorded metrics
+Parameter counts are the ones save_adapter recorded in adapter_config.json; recorded metrics
 from the adapter's own metadata and, when the folder is a run's ``adapter/``, from ``../metrics.json``.
 """
 
 from __future__ import annotations
 
 import json
-from math import prod
 from pathlib import Path
 
-from safetensors import safe_open
-
 from .methods import RUN_META_FILE, read_result_meta
-
-
-def _tensor_counts(path: Path) -> dict[str, int]:
-    """Parameters per role (adapter bottlenecks, layer-norm copies, head) from tensor names and shapes."""
-    counts = {"adapter": 0, "layer_norm": 0, "head": 0}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            n = prod(f.get_slice(key).get_shape())
-            role = "adapter" if (".adapters.down." in key or ".adapters.up." in key) else (
-                "head" if key.split(".")[0] in ("classifier", "score", "qa_outputs", "pooler", "pre_classifier")
-                else "layer_norm")
-            counts[role] += n
-    return counts
 
 
 def describe(directory: str | Path) -> str:
@@ -41,8 +25,9 @@ def describe(directory: str | Path) -> str:
         lines.append(f"  head       {head['kind']}" + (f", labels {head['labels']}" if head.get("labels") else ""))
         base = config["base_model"]
         lines.append("  base model " + ", ".join(f"{k} {v}" for k, v in base.items()))
-        counts = _tensor_counts(directory / "adapter_model.safetensors")
-        lines.append("  params     " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        counts = config.get("parameters", {})  # recorded by save_adapter
+        order = ("adapter", "layer_norm", "head", "trainable", "base")
+        lines.append("  params     " + ", ".join(f"{k} {counts[k + '_params']:,}" for k in order if k + "_params" in counts))
     else:
         model_config = json.loads((directory / "config.json").read_text())
         lines.append(f"  model      {model_config.get('model_type')} {model_config.get('architectures')}")
