@@ -99,3 +99,19 @@ def test_rerun_with_everything_cached_trains_nothing(modules, monkeypatch):
     for exp in complete:
         run.EXPERIMENTS[exp](R)
     assert R.trained == 0, logs
+
+
+def test_every_result_is_used_by_the_doc(modules):
+    """No stray result files: each cached JSON is one the doc's experiments ask for."""
+    run, report = modules
+    budget = doc_budget()
+    d = report.Doc(budget)
+    for section in (report.table1, report.sequential, report.larger, report.table2, report.squad):
+        section(d)
+    report.figure3(d, False)
+    report.ablation(d, False)
+    wanted = set().union(*(want for _, want in d.keys.values()))
+    for path in sorted((EXPERIMENTS / "results").rglob("*.json")):
+        record = json.loads(path.read_text())
+        key = record["key"] if path.parent.name == "train" else record["label"] + record["key"]
+        assert key in wanted, f"{path.relative_to(ROOT)} is not used by docs/results.md (remove it)"
