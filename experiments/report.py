@@ -1,4 +1,4 @@
-"""docs/results.md and docs/*.png from the cached JSON results (experiments/results), nothing else.
+"""docs/results*.md (one page per budget) and docs/*.png from the cached JSON results (experiments/results), nothing else.
 
 ``build_doc(budget)`` is a pure function of the JSON files (no clock, no training): the test rebuilds the
 doc from the committed JSON and checks it equals docs/results.md, so every number in the doc is one the
@@ -14,8 +14,21 @@ from pathlib import Path
 import run
 
 DOCS = run.ROOT / "docs"
-DOC = DOCS / "results.md"
-NOTES = run.HERE / "notes.md"
+#: Budgets with a results page, the main one first: docs/results.md, then docs/results-<budget>.md.
+DOC_BUDGETS = ("standard", "quick")
+
+
+def doc_path(budget: str) -> Path:
+    return DOCS / ("results.md" if budget == DOC_BUDGETS[0] else f"results-{budget}.md")
+
+
+def plot_name(budget: str, stem: str) -> str:
+    return f"{stem}.png" if budget == DOC_BUDGETS[0] else f"{budget}-{stem}.png"
+
+
+def notes_path(budget: str) -> Path:
+    """Hand-written reading of a budget's results, appended to its page."""
+    return run.HERE / f"notes-{budget}.md"
 
 TASK_NAMES = {"glue/rte": "RTE", "glue/mrpc": "MRPC", "glue/stsb": "STS-B", "glue/cola": "CoLA",
               "glue/sst2": "SST-2", "20newsgroups": "20 Newsgroups", "r8": "Reuters R8", "sms_spam": "SMS spam",
@@ -100,7 +113,7 @@ def header(d: Doc) -> None:
           "",
           "Paper: *Parameter-Efficient Transfer Learning for NLP* (arXiv 1902.00751), BERT-Large (24 layers, "
           "330 M parameters) on TPUs. Here: the bundled **all-MiniLM-L6-v2** (6 layers x 384, 22.7 M parameters), "
-          "trained on a CPU shared by several people (2 cores). All scores are on the **dev/validation** set "
+          "trained on a 2-core CPU. All scores are on the **dev/validation** set "
           "(GLUE test labels are hidden), and model selection (learning rate, adapter size) is done on the same "
           "dev set, for every method alike, so absolute numbers are optimistic; comparisons between methods are "
           "what matters.", "",
@@ -111,20 +124,22 @@ def header(d: Doc) -> None:
           f"| epochs | {B['epochs']} (best epoch kept, chosen on validation) |",
           f"| batch size | {B['batch_size']} |",
           f"| max sequence length | {B['len_single']} single sentences, {B['len_pair']} pairs and long texts |",
-          f"| learning rates, Table 1 | the paper's grid {', '.join(f'{x:g}' for x in run.PAPER_LRS)} on "
-          f"{', '.join(name(t) for t in B['grid_tasks'])} (full FT and size-64 adapters); on the other tasks "
-          f"full FT {' / '.join(f'{x:g}' for x in B['task_grid']['full'])} and adapters "
+          "| learning rates, Table 1 | "
+          + (f"the paper's grid {', '.join(f'{x:g}' for x in run.PAPER_LRS)} on "
+             f"{', '.join(name(t) for t in B['grid_tasks'])} (full FT and size-64 adapters); on the other tasks "
+             if B["grid_tasks"] else "")
+          + f"full FT {' / '.join(f'{x:g}' for x in B['task_grid']['full'])} and adapters "
           f"{' / '.join(f'{x:g}' for x in B['task_grid']['adapter'])}"
           + ("" if B["grid_all_sizes"] else "; sizes 8 and 256 at the task's best size-64 lr")
           + "; best on validation |",
-          "| learning rates, other experiments | adapters, LN-only and head-only 3e-3 (the grid point MRPC chose for "
-          "adapters); full FT and top-k 1e-4 (3e-5 did not leave the majority class in ~100 steps on MRPC, 3e-4 "
-          "collapsed on STS-B) (sequential full FT too) |",
+          f"| learning rates, other experiments | {B['lr_note']} |",
           f"| seed | {B['seed']} (one seed per configuration) |",
           "| optimiser | AdamW, 10% linear warm-up then linear decay, gradient clipping 1.0, no weight decay |",
           "| adapters | Houlsby placement (after attention and FFN in every layer), GELU, init std 1e-3, "
           "layer norms trained, new task head |",
-          "| threads | one torch thread per process (3x faster than two on this oversubscribed machine) |", "")
+          f"| threads | {B['machine']} |", "")
+    others = [b for b in DOC_BUDGETS if b != d.budget]
+    d.add("Results at the other budget(s): " + ", ".join(f"[`{b}`]({doc_path(b).name})" for b in others) + ".", "")
 
 
 def table1(d: Doc) -> None:
@@ -214,6 +229,7 @@ def table1(d: Doc) -> None:
                   "steps for the model to learn the task at all).", "")
     # the lr grids
     grid_rows = []
+    columns = sorted(set(run.PAPER_LRS) | {lr for t in tasks for m in ("full", "adapter") for lr in run.lrs_for(d.R, t, m)})
     for task in tasks:
         for m in ("full", "adapter"):
             lrs = run.lrs_for(d.R, task, m)
@@ -221,15 +237,15 @@ def table1(d: Doc) -> None:
             if not any(recs.values()):
                 continue
             cells = []
-            for lr in run.PAPER_LRS:
+            for lr in columns:
                 r = recs.get(lr)
                 cells.append("(not in grid)" if lr not in recs else "not run" if r is None
                              else "failed" if "error" in r["result"] else fmt(score(r)))
             grid_rows.append(f"| {name(task)} | {'full FT' if m == 'full' else 'adapters (64)'} | " + " | ".join(cells) + " |")
     if grid_rows:
         d.add("Learning-rate grids (size-64 adapters; the paper's grid is 3e-5 / 3e-4 / 3e-3):", "",
-              "| task | method | " + " | ".join(f"lr {lr:g}" for lr in run.PAPER_LRS) + " |",
-              "|---|---|" + "---|" * len(run.PAPER_LRS), *grid_rows, "")
+              "| task | method | " + " | ".join(f"lr {lr:g}" for lr in columns) + " |",
+              "|---|---|" + "---|" * len(columns), *grid_rows, "")
     # per-size detail
     detail = []
     for task in tasks:
@@ -258,7 +274,7 @@ def sequential(d: Doc) -> None:
           f"Tasks in order: {' -> '.join(name(t) for t in tasks)}. Adapters: one frozen MiniLM receives the tasks' "
           "adapters (the Table-1 size-64 runs, best lr) one after another (each trained on the frozen base, then "
           "loaded into the same model); after each new adapter every earlier task is re-scored on its own "
-          f"adapter. Full fine-tuning (lr {run.default_lr('full'):g} for every task): task k starts from the body "
+          f"adapter. Full fine-tuning (lr {run.default_lr(d.R, 'full'):g} for every task): task k starts from the body "
           "left by task k-1 (new head), and every earlier task is re-scored with its own head on the new body.", "")
     full_specs = run.sequential_full_specs(d.R)
     adapter_specs = run.sequential_adapter_specs(d.R)
@@ -323,7 +339,7 @@ def figure3(d: Doc, plots: bool) -> None:
             d.add(f"{name(task)}: not run yet.", "")
             continue
         slug = task.replace("/", "-")
-        png = f"figure3-{slug}.png"
+        png = plot_name(d.budget, f"figure3-{slug}")
         d.add(f"![parameters vs score on {name(task)}]({png})", "",
               f"{name(task)} ({METRIC_NAMES.get(records[0]['result']['metric'] if records[0] else '', '')} x 100, "
               f"dev):", "", "| method | trained params | % of base | score |", "|---|---|---|---|")
@@ -341,7 +357,7 @@ def figure3(d: Doc, plots: bool) -> None:
                     verdict.append(f"top-k with {n:,} params: {fmt(s)} vs best adapter with no more params: "
                                    f"{fmt(max(below))}")
             d.add("Adapters vs top-k at equal or smaller trained-parameter count: " + "; ".join(verdict) + ".", "")
-        d.plots[png] = (name(task), points)
+        d.plots[png] = ("figure3", (name(task), points))
 
 
 def larger(d: Doc) -> None:
@@ -420,7 +436,7 @@ def ablation(d: Doc, plots: bool) -> None:
         d.add(f"**Removing trained adapters** ({name(res['task'])}, size 64; {res['method']}). Cell (i, j) = "
               f"score x 100 with the adapters of layers i..j removed (trained model: "
               f"{100 * res['trained']:.1f}; recorded at training time: {100 * res['recorded']:.1f}).", "",
-              "![ablation heatmap](ablation-spans.png)", "",
+              f"![ablation heatmap]({plot_name(d.budget, 'ablation-spans')})", "",
               "| first \\ last layer | " + " | ".join(str(j) for j in range(L)) + " |", "|---|" + "---|" * L)
         for i in range(L):
             cells = [fmt(100 * res["spans"][f"{i}-{j}"]) if j >= i else "" for j in range(L)]
@@ -430,18 +446,18 @@ def ablation(d: Doc, plots: bool) -> None:
         d.add("", f"Removing one layer's adapters costs at most {100 * (res['trained'] - singles[worst]):.1f} points "
               f"(layer {worst}); removing all of them: {100 * res['spans'][f'0-{L - 1}']:.1f} "
               f"({100 * (res['spans'][f'0-{L - 1}'] - res['trained']):+.1f}).", "")
-        d.plots["ablation-spans.png"] = res
+        d.plots[plot_name(d.budget, "ablation-spans")] = ("ablation", res)
     specs = run.init_std_specs(d.R)
     recs = d.need("ablation", specs)
     d.add(f"**Initialisation scale.** Adapters (size 64, {name(spec['task'])}, {spec['max_train']} examples) with the "
-          "init std of both projections varied. The paper "
-          "sweeps 1e-7 .. 1; adapterkit's AdapterConfig caps init_std at 1e-2 (larger values are refused), so the "
-          "sweep stops there.", "", "| init std | " + " | ".join(f"{s:g}" for s in B["init_stds"]) + " |",
+          "init std of both projections varied (`--init-std`). The paper sweeps 1e-7 .. 1 and finds stds up to "
+          "about 1e-2 equally good." + (" This budget's sweep stops at 1e-2." if max(B["init_stds"]) <= 1e-2 else ""),
+          "", "| init std | " + " | ".join(f"{s:g}" for s in B["init_stds"]) + " |",
           "|---|" + "---|" * len(specs), "| score | " + " | ".join(fmt(score(r)) for r in recs) + " |", "")
     # size robustness: the figure-3 adapter sizes
     task = B["fig3_tasks"][0]
     sizes = B["fig3_sizes"]
-    lr = run.default_lr("adapter")
+    lr = run.default_lr(d.R, "adapter")
     recs = d.R.need([run.train_spec(B, task, "adapter", lr, size=s) for s in sizes])
     d.add(f"**Adapter size robustness** ({name(task)}, lr {lr:g}; the Figure-3 runs):", "",
           "| size | " + " | ".join(str(s) for s in sizes) + " |", "|---|" + "---|" * len(sizes),
@@ -471,16 +487,46 @@ def squad(d: Doc) -> None:
     d.add(f"| *paper (BERT-Large, full train set)* | | *adapters {PAPER_SQUAD['adapter']} vs full {PAPER_SQUAD['full']}* | |", "")
 
 
+def levers(d: Doc) -> None:
+    """Issue 6's speed levers measured for accuracy: upper-layer (AdapterDrop-style) adapters and bf16."""
+    specs = run.levers_specs(d.R)
+    recs = d.need("levers", specs)
+    task = specs[0]["task"]
+    d.add("## Speed levers: upper-layer adapters and bf16 autocast", "",
+          f"{name(task)}, size-64 adapters, lr {specs[0]['lr']:g}, {specs[0]['max_train']} train examples x "
+          f"{specs[0]['epochs']} epochs (the Table-2 run is the first row). *Upper layers*: adapters (and their "
+          "layer-norm copies) only in the listed layers, so backpropagation stops below the lowest one "
+          "(AdapterDrop, Rücklé et al. 2021, drops the lower ones). *bf16*: `torch.autocast` in training only; "
+          "weights, optimiser and evaluation stay fp32. Per-step speed ratios, measured side by side, are in "
+          "[benchmarks.md](benchmarks.md); the examples/s here come from runs made two at a time and are "
+          "indicative only.", "",
+          "| adapters in layers | bf16 | trained % | accuracy x 100 | vs all layers, fp32 | train examples/s |",
+          "|---|---|---|---|---|---|")
+    reference = score(recs[0])
+    for spec, r in zip(specs, recs):
+        layers = ", ".join(str(i) for i in spec.get("adapter_layers", [])) or "all (0-5)"
+        bf16 = "yes" if spec.get("bf16") else "no"
+        if r is None or "error" in r["result"]:
+            d.add(f"| {layers} | {bf16} | | {'not run' if r is None else 'failed'} | | |")
+            continue
+        res = r["result"]
+        delta = fmt(score(r) - reference) if reference is not None else "—"
+        d.add(f"| {layers} | {bf16} | {res['trainable_pct']:.2f}% | {fmt(score(r))} | {delta} | "
+              f"{res['examples_per_second']:.1f} |")
+    d.add("")
+
+
 def status(d: Doc) -> None:
     d.add("## What ran", "", "| experiment | results cached / expected |", "|---|---|")
-    for exp in run.EXPERIMENTS:
+    for exp in run.experiments_of(d.budget):
         done, total = d.status.get(exp, (0, 0))
         if not total:
             state = "not started (its runs depend on the Table-1 lr grid)"
         elif done == total:
             state = f"{done} / {total}, complete"
         else:
-            state = f"{done} / {total}, incomplete: `python experiments/run.py --only {exp}` continues it"
+            state = (f"{done} / {total}, incomplete: `python experiments/run.py --budget {d.budget} --only {exp}` "
+                     "continues it")
         d.add(f"| {exp} | {state} |")
     d.add("", f"Compute recorded in these results: {d.seconds / 60:.0f} min of wall time (sum over runs; runs "
           "shared between experiments counted once).", "")
@@ -489,23 +535,31 @@ def status(d: Doc) -> None:
         for m, xs in sorted(d.speed.items()):
             xs = sorted(xs)
             cells.append(f"{m} {xs[len(xs) // 2]:.1f}")
-        d.add("Training speed, median examples/s per run (one torch thread, CPU shared with other jobs): "
-              + ", ".join(cells) + ".", "")
+        d.add(f"Training speed, median examples/s per run ({d.B['machine']}): " + ", ".join(cells) + ".", "")
 
 
-def build_doc(budget: str = "quick") -> tuple[str, dict]:
+def build(budget: str = DOC_BUDGETS[0]) -> Doc:
+    """Every section of a budget's page, from the cached JSON (the Doc also knows which results it used)."""
     d = Doc(budget)
     header(d)
     table1(d)
     sequential(d)
-    larger(d)
+    if "larger" in run.experiments_of(budget):
+        larger(d)
     figure3(d, True)
     table2(d)
     ablation(d, True)
     squad(d)
+    if "levers" in run.experiments_of(budget):
+        levers(d)
     status(d)
-    if NOTES.is_file():
-        d.add(NOTES.read_text().rstrip(), "")
+    if notes_path(budget).is_file():
+        d.add(notes_path(budget).read_text().rstrip(), "")
+    return d
+
+
+def build_doc(budget: str = DOC_BUDGETS[0]) -> tuple[str, dict]:
+    d = build(budget)
     return "\n".join(d.lines).rstrip() + "\n", d.plots
 
 
@@ -516,8 +570,8 @@ def draw(plots: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for png, data in plots.items():
-        if png.startswith("figure3"):
+    for png, (kind, data) in plots.items():
+        if kind == "figure3":
             title, points = data
             fig, ax = plt.subplots(figsize=(6, 4))
             styles = {"adapter": ("o-", "adapters (m = 1..256)"), "top-k": ("s-", "top-k fine-tuning"),
@@ -558,12 +612,13 @@ def draw(plots: dict) -> None:
         plt.close(fig)
 
 
-def write_doc(budget: str = "quick", plots: bool = True) -> str:
+def write_doc(budget: str = DOC_BUDGETS[0], plots: bool = True) -> str:
     text, figures = build_doc(budget)
     DOCS.mkdir(exist_ok=True)
-    tmp = DOC.with_name(".results.md.tmp")
+    doc = doc_path(budget)
+    tmp = doc.with_name(f".{doc.name}.tmp")
     tmp.write_text(text)
-    tmp.replace(DOC)
+    tmp.replace(doc)
     if plots:
         draw(figures)
     return text

@@ -1,9 +1,10 @@
 """Reproduce Houlsby et al. 2019 (arXiv 1902.00751) at MiniLM-L6 scale: one command, resumable, cached.
 
-    python experiments/run.py                       # every experiment, --budget quick
+    python experiments/run.py --jobs 2              # every experiment, --budget standard (docs/results.md)
     python experiments/run.py --only table1 --jobs 2
-    python experiments/run.py --budget full         # the larger protocol (hours on CPU)
-    python experiments/run.py --doc-only            # rebuild docs/results.md + plots from the JSON
+    python experiments/run.py --budget quick        # the first, smaller protocol (docs/results-quick.md)
+    python experiments/run.py --budget full         # the larger protocol (days on CPU)
+    python experiments/run.py --doc-only            # rebuild docs/results*.md + plots from the JSON
 
 Every training run is described by a *spec* (a plain dict: model, task, method, size, lr, epochs, data
 subset, seed...). Its result is cached as ``experiments/results/train/<label>-<key>.json`` where ``key`` is
@@ -59,7 +60,34 @@ BUDGETS = {
         "table2_tasks": ("rotten_tomatoes", "trec", "sms_spam", "r8"), "table2_topk": 2,
         "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-5, 1e-3, 1e-2),
         "larger_max_train": 2000,
+        "lr_note": "adapters, LN-only and head-only 3e-3 (the grid point MRPC chose for adapters); full FT and "
+                   "top-k 1e-4 (3e-5 did not leave the majority class in ~100 steps on MRPC, 3e-4 collapsed on "
+                   "STS-B) (sequential full FT too)",
+        "machine": "one torch thread per process (3x faster than two on this oversubscribed machine)",
         "squad": {"max_train": 600, "max_validation": 300, "epochs": 1, "max_length": 256,
+                  "sizes": (2, 8, 64, 256)},
+    },
+    # standard = what one session on an idle 2-core machine affords (a few hours): the four small GLUE tasks
+    # with their full train sets and dev sets, 3 epochs; other tasks capped at 4000 train examples. The lr
+    # grid keeps two points per method, where the quick budget showed this model learns: full FT 3e-5 (the
+    # paper's) and 1e-4; adapters 3e-4 (the paper's) and 1e-3 (3e-3 left size-64 adapters untrained on
+    # Rotten Tomatoes, TREC and SMS spam at the quick budget).
+    "standard": {
+        "max_train": None, "max_train_other": 4000, "max_validation": None, "epochs": 3, "batch_size": 32,
+        "seed": 42, "len_single": 128, "len_pair": 128,
+        "grid_tasks": (), "task_grid": {"full": (3e-5, 1e-4), "adapter": (3e-4, 1e-3)},
+        "table1_tasks": GLUE_TASKS[:4], "table1_late": ("glue/sst2",), "sizes": (8, 64, 256), "grid_all_sizes": False,
+        "other_lrs": {"adapter": 1e-3, "ln": 3e-3, "head": 3e-2, "full": 1e-4, "top-k": 1e-4},
+        "seq_tasks": ("glue/stsb", "glue/cola", "glue/mrpc"),
+        "fig3_tasks": ("trec", "rotten_tomatoes"), "fig3_sizes": (1, 4, 16, 64, 256), "fig3_topk": (1, 2, 3),
+        "table2_tasks": ("rotten_tomatoes", "trec", "sms_spam", "r8", "20newsgroups", "boolq"), "table2_topk": 2,
+        "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-5, 1e-3, 1e-2, 1e-1, 1.0),
+        "larger_max_train": 4000, "skip": ("larger", "probe"),  # the quick budget's diagnostics
+        "levers_task": "rotten_tomatoes", "levers_layers": ((3, 4, 5), (5,)),
+        "lr_note": "adapters 1e-3 (adapterkit's default), LN-only 3e-3, head-only 3e-2 (a new head alone needs "
+                   "a large lr), full FT and top-k 1e-4 (sequential full FT too)",
+        "machine": "two runs at a time (`--jobs 2`), one torch thread each, on an otherwise idle 2-core machine",
+        "squad": {"max_train": 2000, "max_validation": 600, "epochs": 2, "max_length": 256,
                   "sizes": (2, 8, 64, 256)},
     },
     "full": {
@@ -95,6 +123,10 @@ def label_of(spec: dict) -> str:
     parts.append(f"lr{spec['lr']:g}")
     if "init_std" in spec:
         parts.append(f"std{spec['init_std']:g}")
+    if "adapter_layers" in spec:
+        parts.append("layers" + "".join(str(i) for i in spec["adapter_layers"]))
+    if spec.get("bf16"):
+        parts.append("bf16")
     if "init_from" in spec:
         parts.append("seq")
     return "-".join(parts)
@@ -102,7 +134,7 @@ def label_of(spec: dict) -> str:
 
 def train_spec(B: dict, task: str, method: str, lr: float, size: int = 64, top_layers: int = 2, **extra) -> dict:
     """A training run's spec under budget B (everything train() needs, and nothing else)."""
-    max_train = B["max_train"]
+    max_train = B["max_train"] if task.startswith("glue/") else B.get("max_train_other", B["max_train"])
     if task == "glue/sst2" and max_train is None:
         max_train = SST2_FULL_MAX_TRAIN
     spec = {"model": "minilm", "task": task, "method": method, "lr": lr, "epochs": B["epochs"],
@@ -183,32 +215,20 @@ def _train_now(spec: dict) -> dict:
 def _train_locked(spec: dict, out: Path) -> dict:
     import torch
 
-    import adapterkit as ak
-    import adapterkit.methods as methods
     from adapterkit.train import TrainConfig, train
 
     model = spec["model"]
     if "init_from" in spec:  # sequential full fine-tuning: start from the previous task's body
         model = str(_encoder_dir(spec["init_from"]))
-    if "init_std" in spec:
-        # TrainConfig has no init_std option: swap the method's adapter config for this run (same process).
-        original = methods.adapter_config_for
-
-        def with_std(method, m, _std=spec["init_std"]):
-            return ak.AdapterConfig(size=method.adapter_size, placement=method.placement, init_std=_std)
-        methods.adapter_config_for = with_std
-    try:
-        config = TrainConfig(output=str(out), model=model, task=spec["task"], method=spec["method"],
-                             adapter_size=spec.get("adapter_size", 64), top_layers=spec.get("top_layers", 2),
-                             lr=spec["lr"], epochs=spec["epochs"], batch_size=spec["batch_size"],
-                             max_length=spec["max_length"], max_train=spec["max_train"],
-                             max_validation=spec["max_validation"], seed=spec["seed"],
-                             data=_data_options(spec["task"]), resume=True, progress=False)
-        torch.manual_seed(spec["seed"])
-        return train(config)
-    finally:
-        if "init_std" in spec:
-            methods.adapter_config_for = original
+    config = TrainConfig(output=str(out), model=model, task=spec["task"], method=spec["method"],
+                         adapter_size=spec.get("adapter_size", 64), top_layers=spec.get("top_layers", 2),
+                         init_std=spec.get("init_std", 1e-3), adapter_layers=spec.get("adapter_layers"),
+                         bf16=spec.get("bf16", False), lr=spec["lr"], epochs=spec["epochs"],
+                         batch_size=spec["batch_size"], max_length=spec["max_length"], max_train=spec["max_train"],
+                         max_validation=spec["max_validation"], seed=spec["seed"], data=_data_options(spec["task"]),
+                         resume=True, progress=False)
+    torch.manual_seed(spec["seed"])
+    return train(config)
 
 
 def ensure_trained(spec: dict) -> Path:
@@ -327,8 +347,9 @@ def best_of(records: list[dict], higher: bool = True) -> dict | None:
 OTHER_LRS = {"adapter": 3e-3, "ln": 3e-3, "head": 3e-3, "full": 1e-4, "top-k": 1e-4}
 
 
-def default_lr(method: str) -> float:
-    return OTHER_LRS[method]
+def default_lr(R: "Runner", method: str) -> float:
+    """The budget's lr for ``method`` outside Table 1 (its ``other_lrs``, else OTHER_LRS)."""
+    return R.B.get("other_lrs", OTHER_LRS)[method]
 
 
 def lrs_for(R: Runner, task: str, method: str, size: int = 64) -> tuple[float, ...]:
@@ -415,9 +436,9 @@ def _evaluate(model, tokenizer, spec: dict, task=None) -> dict:
 def sequential_full_specs(R: Runner) -> list[dict]:
     """Sequential full fine-tuning: task k starts from the body left by task k-1, all at OTHER_LRS["full"]."""
     tasks = R.B["seq_tasks"]
-    specs = [train_spec(R.B, tasks[0], "full", default_lr("full"))]
+    specs = [train_spec(R.B, tasks[0], "full", default_lr(R, "full"))]
     for t in tasks[1:]:
-        specs.append(train_spec(R.B, t, "full", default_lr("full"), init_from=specs[-1]))
+        specs.append(train_spec(R.B, t, "full", default_lr(R, "full"), init_from=specs[-1]))
     return specs
 
 
@@ -497,7 +518,8 @@ def exp_sequential(R: Runner) -> None:
 
 
 def fig3_specs(R: Runner, task: str) -> list[dict]:
-    lr = default_lr
+    def lr(method: str) -> float:
+        return default_lr(R, method)
     specs = [train_spec(R.B, task, "adapter", lr("adapter"), size=s) for s in R.B["fig3_sizes"]]
     specs += [train_spec(R.B, task, "top-k", lr("top-k"), top_layers=k) for k in R.B["fig3_topk"]]
     specs += [train_spec(R.B, task, "full", lr("full"))]
@@ -515,7 +537,8 @@ def exp_fig3(R: Runner) -> None:
 
 
 def table2_specs(R: Runner, task: str) -> list[dict]:
-    lr = default_lr
+    def lr(method: str) -> float:
+        return default_lr(R, method)
     return [train_spec(R.B, task, "full", lr("full")),
             train_spec(R.B, task, "top-k", lr("top-k"), top_layers=R.B["table2_topk"]),
             train_spec(R.B, task, "adapter", lr("adapter"), size=64),
@@ -586,12 +609,26 @@ def exp_ablation(R: Runner) -> None:
 
 def squad_specs(R: Runner) -> list[dict]:
     S = R.B["squad"]
-    lrs = {m: default_lr(m) for m in ("adapter", "full")}
+    lrs = {m: default_lr(R, m) for m in ("adapter", "full")}
     base = {"model": "minilm", "task": "squad", "epochs": S["epochs"], "batch_size": R.B["batch_size"],
             "max_train": S["max_train"], "max_validation": S["max_validation"], "max_length": S["max_length"],
             "seed": R.B["seed"]}
     specs = [{**base, "method": "adapter", "adapter_size": s, "lr": lrs["adapter"]} for s in S["sizes"]]
     return specs + [{**base, "method": "full", "lr": lrs["full"]}]
+
+
+def levers_specs(R: Runner) -> list[dict]:
+    """Issue 6's speed levers, on a real task: the Table-2 size-64 adapter, then AdapterDrop-style adapters in
+    the upper layers only (backprop stops below the lowest one), bf16 autocast, and both."""
+    base = train_spec(R.B, R.B["levers_task"], "adapter", default_lr(R, "adapter"), size=64)
+    specs = [base] + [{**base, "adapter_layers": list(layers)} for layers in R.B["levers_layers"]]
+    specs += [{**base, "bf16": True}, {**base, "adapter_layers": list(R.B["levers_layers"][0]), "bf16": True}]
+    return specs
+
+
+def exp_levers(R: Runner) -> None:
+    R.log("levers: upper-layer adapters and bf16 autocast")
+    R.need(levers_specs(R))
 
 
 def exp_squad(R: Runner) -> None:
@@ -681,17 +718,24 @@ EXPERIMENTS = {
     "ablation": exp_ablation,
     "table1-sst2": exp_table1_late,
     "squad": exp_squad,
+    "levers": exp_levers,
 }
+
+
+def experiments_of(budget: str) -> list[str]:
+    """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
+    skip = BUDGETS[budget].get("skip", ())
+    return [e for e in EXPERIMENTS if e not in skip and (e != "levers" or "levers_task" in BUDGETS[budget])]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=list(EXPERIMENTS),
                         help="run only this experiment (repeatable); the doc is rebuilt from every cached result")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="quick")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="standard")
     parser.add_argument("--jobs", type=int, default=1, help="independent runs trained at once (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--doc-only", action="store_true", help="only rebuild docs/results.md and the plots")
+    parser.add_argument("--doc-only", action="store_true", help="only rebuild the docs (every budget's) and plots")
     args = parser.parse_args(argv)
 
     import report
@@ -704,14 +748,15 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         transformers.logging.set_verbosity_error()
-        for name in args.only or list(EXPERIMENTS):
+        for name in args.only or experiments_of(args.budget):
             R.log(f"== {name} ({args.budget})")
             EXPERIMENTS[name](R)
             try:  # the doc is a by-product here: a broken report never stops the training
                 importlib.reload(report).write_doc(args.budget)
             except Exception as e:
                 R.log(f"  (doc not rebuilt: {type(e).__name__}: {e})")
-    importlib.reload(report).write_doc(args.budget)
+    for budget in (report.DOC_BUDGETS if args.doc_only else (args.budget,)):
+        importlib.reload(report).write_doc(budget)
     R.log(f"done in {time.time() - started:.1f}s; {R.trained} run(s) trained or computed")
     return 0
 

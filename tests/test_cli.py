@@ -161,3 +161,17 @@ def test_bad_method_and_adapter_dir(tiny, tmp_path):
     assert_clean_failure(runner.invoke(app, train_args(tiny, out, "--method", "lora")), out, "lora")
     result = runner.invoke(app, ["eval", "--adapter", str(tmp_path)])
     assert_clean_failure(result, tmp_path / "nothing", "adapter")
+
+
+def test_adapter_layers_and_init_std_options(tiny, tmp_path):
+    out = tmp_path / "upper"
+    result = runner.invoke(app, train_args(tiny, out, "--adapter-layers", "1", "--init-std", "0.05"))
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())["config"]
+    assert config["layers"] == [1] and config["init_std"] == 0.05
+
+
+@pytest.mark.parametrize("layers, message", [("x,1", "layer indices"), ("5", "out of range"), ("", "layer indices")])
+def test_bad_adapter_layers(tiny, tmp_path, layers, message):
+    out = tmp_path / "o"
+    assert_clean_failure(runner.invoke(app, train_args(tiny, out, "--adapter-layers", layers)), out, message)

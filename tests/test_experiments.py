@@ -1,7 +1,7 @@
 """The experiment runner's doc generator on the committed JSON results (fast: no training).
 
-* docs/results.md is exactly what experiments/report.py builds from experiments/results/*.json, so every
-  number in the doc is one the runner wrote;
+* each docs/results*.md (one page per budget) is exactly what experiments/report.py builds from
+  experiments/results/*.json, so every number in the docs is one the runner wrote;
 * spot checks: Table 1's cells equal the JSON's best main metric x 100;
 * re-running the runner with everything cached trains nothing (training is patched to fail).
 """
@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -17,10 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
-DOC = ROOT / "docs" / "results.md"
 
-pytestmark = pytest.mark.skipif(not (EXPERIMENTS / "results").is_dir() or not DOC.is_file(),
-                                reason="no committed experiment results")
+pytestmark = pytest.mark.skipif(not (EXPERIMENTS / "results").is_dir(), reason="no committed experiment results")
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +30,20 @@ def modules():
     sys.path.remove(str(EXPERIMENTS))
 
 
-def doc_budget() -> str:
-    match = re.search(r"^## Budget: `(\w+)`", DOC.read_text(), re.M)
-    assert match, "docs/results.md names no budget"
-    return match.group(1)
+def budgets(report) -> list[str]:
+    """The budgets that have a committed results page."""
+    found = [b for b in report.DOC_BUDGETS if report.doc_path(b).is_file()]
+    assert found, "no docs/results*.md"
+    return found
 
 
 def test_doc_is_built_from_the_json(modules):
     run, report = modules
-    text, _ = report.build_doc(doc_budget())
-    assert text == DOC.read_text(), "docs/results.md is stale: run `python experiments/run.py --doc-only`"
+    for budget in budgets(report):
+        text, _ = report.build_doc(budget)
+        path = report.doc_path(budget)
+        assert text == path.read_text(), f"{path.name} is stale: run `python experiments/run.py --doc-only`"
+        assert f"## Budget: `{budget}`" in text
 
 
 def test_every_result_json_is_well_formed(modules):
@@ -61,32 +62,25 @@ def test_every_result_json_is_well_formed(modules):
 
 def test_table1_cells_match_the_json(modules):
     run, report = modules
-    R = run.Runner(doc_budget(), dry=True, log=lambda *a: None)
-    text = DOC.read_text()
     checked = 0
-    for task in list(R.B["table1_tasks"]) + list(R.B["table1_late"]):
-        full = run.table1_choice(R, task, "full")
-        best = run.table1_choice(R, task, "adapter")
-        if full is None or best is None:
-            continue
-        row = next(line for line in text.splitlines() if line.startswith(f"| {report.name(task)} |"))
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[1].split()[0] == f"{100 * full['result']['best']['main']:.1f}"
-        assert cells[2].split()[0] == f"{100 * best['result']['best']['main']:.1f}"
-        checked += 1
+    for budget in budgets(report):
+        R = run.Runner(budget, dry=True, log=lambda *a: None)
+        text = report.doc_path(budget).read_text()
+        for task in list(R.B["table1_tasks"]) + list(R.B["table1_late"]):
+            full = run.table1_choice(R, task, "full")
+            best = run.table1_choice(R, task, "adapter")
+            if full is None or best is None:
+                continue
+            row = next(line for line in text.splitlines() if line.startswith(f"| {report.name(task)} |"))
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert cells[1].split()[0] == f"{100 * full['result']['best']['main']:.1f}"
+            assert cells[2].split()[0] == f"{100 * best['result']['best']['main']:.1f}"
+            checked += 1
     assert checked, "no Table 1 row to check"
 
 
 def test_rerun_with_everything_cached_trains_nothing(modules, monkeypatch):
     run, report = modules
-    budget = doc_budget()
-    done = report.Doc(budget)
-    for section in (report.table1, report.sequential, report.table2, report.squad):
-        section(done)
-    report.figure3(done, False)
-    report.ablation(done, False)
-    complete = [exp for exp, (have, total) in done.status.items() if have == total and total and exp in run.EXPERIMENTS]
-    assert complete, "no experiment is complete in the committed results"
 
     def fail(*a, **k):
         raise AssertionError("a cached re-run must not train")
@@ -94,24 +88,27 @@ def test_rerun_with_everything_cached_trains_nothing(modules, monkeypatch):
     monkeypatch.setattr(run, "_worker", fail)
     monkeypatch.setattr(run, "_train_now", fail)
     monkeypatch.setattr(report, "write_doc", lambda *a, **k: "")
-    logs = []
-    R = run.Runner(budget, log=logs.append)
-    for exp in complete:
-        run.EXPERIMENTS[exp](R)
-    assert R.trained == 0, logs
+    ran = 0
+    for budget in budgets(report):
+        done = report.build(budget)
+        complete = [exp for exp, (have, total) in done.status.items()
+                    if have == total and total and exp in run.experiments_of(budget)]
+        logs = []
+        R = run.Runner(budget, log=logs.append)
+        for exp in complete:
+            run.EXPERIMENTS[exp](R)
+            ran += 1
+        assert R.trained == 0, logs
+    assert ran, "no experiment is complete in the committed results"
 
 
-def test_every_result_is_used_by_the_doc(modules):
-    """No stray result files: each cached JSON is one the doc's experiments ask for."""
+def test_every_result_is_used_by_a_doc(modules):
+    """No stray result files: each cached JSON is one that some budget's page asks for."""
     run, report = modules
-    budget = doc_budget()
-    d = report.Doc(budget)
-    for section in (report.table1, report.sequential, report.larger, report.table2, report.squad):
-        section(d)
-    report.figure3(d, False)
-    report.ablation(d, False)
-    wanted = set().union(*(want for _, want in d.keys.values()))
+    wanted = set()
+    for budget in budgets(report):
+        wanted |= set().union(*(want for _, want in report.build(budget).keys.values()))
     for path in sorted((EXPERIMENTS / "results").rglob("*.json")):
         record = json.loads(path.read_text())
         key = record["key"] if path.parent.name == "train" else record["label"] + record["key"]
-        assert key in wanted, f"{path.relative_to(ROOT)} is not used by docs/results.md (remove it)"
+        assert key in wanted, f"{path.relative_to(ROOT)} is not used by any docs/results*.md (remove it)"

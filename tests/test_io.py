@@ -137,8 +137,8 @@ def test_config_json_round_trip_and_validation():
     assert cfg.layers == (1, 3)
     assert ak.AdapterConfig.from_json(cfg.to_json()) == cfg
     assert cfg.bottleneck_size(384) == 24 and ak.AdapterConfig().bottleneck_size(384) == 64
-    for bad, match in [(dict(size=0), "size"), (dict(placement="middle"), "placement"), (dict(init_std=0.5), "init_std"),
-                       (dict(layers=(-1,)), "layers"), (dict(size=8, reduction_factor=2), "either"),
+    for bad, match in [(dict(size=0), "size"), (dict(placement="middle"), "placement"), (dict(init_std=-1e-3), "init_std"),
+                       (dict(init_std=float("nan")), "init_std"), (dict(layers=(-1,)), "layers"), (dict(size=8, reduction_factor=2), "either"),
                        (dict(activation="softmax"), "activation"), (dict(scaling=2.0), "parallel")]:
         with pytest.raises(ak.AdapterConfigError, match=match):
             ak.AdapterConfig(**bad)

@@ -209,3 +209,68 @@ def test_causal_lm_adapter_and_generation(tmp_path):
     assert metrics["trainable_pct"] < 50  # the tied LM head stays shared and frozen
     out = predict(load_trained(tmp_path / "lm" / "adapter"), "great film", max_new_tokens=5)
     assert isinstance(out["generated"], str)
+
+
+def test_adapter_layers_and_init_std_shape_the_adapter(tiny, tmp_path):
+    """--adapter-layers puts adapters (and their layer-norm copies) in those layers only; --init-std sets the
+    init: 0 gives an exact identity, so before training the model is the base model."""
+    seen = {}
+    real_prepare = T.prepare
+
+    def spy(model, *args, **kwargs):
+        trainable = real_prepare(model, *args, **kwargs)
+        seen["start"] = {n: p.detach().clone() for n, p in model.named_parameters() if ".adapters.task." in n}
+        return trainable
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "prepare", spy)
+        metrics = train(config(tiny, tmp_path / "upper", epochs=1, adapter_layers=[1], init_std=0.0))
+    d, m = 32, 64  # the tiny BERT's width, the default bottleneck
+    head = d * 2 + 2
+    assert metrics["trainable_params"] == 2 * ak.bottleneck_parameter_count(d, m) + 2 * 2 * d + head
+    assert metrics["adapter_layers"] == [1] and metrics["init_std"] == 0.0
+    bottlenecks = {n for n in seen["start"] if ".down." in n or ".up." in n}
+    assert bottlenecks and all(".layer.1." in n for n in bottlenecks)
+    assert all(not seen["start"][n].any() for n in bottlenecks if "weight" in n)  # init_std 0: zero weights
+    saved = json.loads((tmp_path / "upper" / "adapter" / "adapter_config.json").read_text())["config"]
+    assert saved["layers"] == [1] and saved["init_std"] == 0.0
+
+
+def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_weights(tiny, tmp_path, adapter_run):
+    dtypes = []
+    real_loss = T.loss_sum
+
+    def spy(outputs, batch, kind):
+        dtypes.append(outputs.logits.dtype)
+        return real_loss(outputs, batch, kind)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "loss_sum", spy)
+        metrics = train(config(tiny, tmp_path / "bf16", epochs=3, bf16=True))
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert metrics["bf16"] is True and all(torch.isfinite(torch.tensor(e["train_loss"])) for e in metrics["epochs"])
+    weights = load_file(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors")
+    fp32 = load_file(adapter_run["out"] / "adapter" / "adapter_model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    # the same run in fp32 ends close by, but not bit-identical: autocast really changed the arithmetic
+    assert any(not torch.equal(weights[k], fp32[k]) for k in fp32)
+    assert all(torch.allclose(weights[k], fp32[k], atol=5e-2) for k in fp32)
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny, tmp_path, adapter_run):
+    seen = {}
+    real_prepare = T.prepare
+
+    def spy(model, *args, **kwargs):
+        seen["model"] = model
+        return real_prepare(model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "prepare", spy)
+        metrics = train(config(tiny, tmp_path / "ckpt", epochs=3, gradient_checkpointing=True))
+    model = seen["model"]
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+    a = load_file(adapter_run["out"] / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # recomputation, same dropout masks
+    assert metrics["best"]["main"] == adapter_run["metrics"]["best"]["main"]

@@ -127,6 +127,9 @@ def train(
     method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head) or head")] = "adapter",
     adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = 64,
     placement: Annotated[str, typer.Option(help="houlsby, pfeiffer or parallel")] = "houlsby",
+    init_std: Annotated[float, typer.Option(help="std of the adapters' near-identity init (0: exact identity)")] = 1e-3,
+    adapter_layers: Annotated[Optional[str], typer.Option(
+        help="adapters only in these layers, e.g. 3,4,5 (AdapterDrop-style: backprop stops below the lowest)")] = None,
     top_layers: Annotated[int, typer.Option(help="K for --method top-k")] = 2,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
     epochs: int = 3,
@@ -138,6 +141,8 @@ def train(
     max_validation: Annotated[Optional[int], typer.Option(help="validate on a seeded subset of N examples")] = None,
     seed: int = 42,
     warmup: Annotated[float, typer.Option(help="fraction of steps of linear warm-up")] = 0.1,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast in training (weights, optimiser and eval stay fp32)")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in backward: less memory")] = False,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last epoch checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --output")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -152,10 +157,12 @@ def train(
     _set_threads(threads)
     data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
                          problem_type, task)
+    layers = None if adapter_layers is None else tuple(_ints(adapter_layers, "--adapter-layers"))
     config = TrainConfig(output=output, model=model, task=task, method=method, adapter_size=adapter_size,
-                         placement=placement, top_layers=top_layers, lr=lr, epochs=epochs, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, max_length=max_length, doc_stride=doc_stride,
-                         max_train=max_train, max_validation=max_validation, seed=seed, warmup=warmup, data=data,
+                         placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers, lr=lr,
+                         epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
+                         doc_stride=doc_stride, max_train=max_train, max_validation=max_validation, seed=seed,
+                         warmup=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, data=data,
                          resume=resume, overwrite=overwrite, progress=not quiet)
     metrics = run(config)
     if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate launch: one process reports
@@ -243,6 +250,16 @@ def _floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"{option} expects comma-separated layer indices such as 3,4,5, got {text!r}")
+    return values
 
 
 @app.command()

@@ -28,7 +28,9 @@ class AdapterConfig:
     reduction_factor:  m = hidden_size / reduction_factor (rounded, at least 1).
     activation:        nonlinearity between the down- and up-projection.
     init_std:          std of the truncated-normal init of both projections (cut at 2 std);
-                       0 makes the adapter an exact identity at start. At most 1e-2.
+                       0 makes the adapter an exact identity at start. The paper (Figure 6) finds
+                       stds up to ~1e-2 equally good and larger ones worse: above 1e-2 the adapter
+                       no longer starts near the identity.
     placement:         "houlsby"  -- after the attention and the FFN output projections (2 per layer);
                        "pfeiffer" -- after the FFN output projection only (1 per layer);
                        "parallel" -- He et al. 2022: adapter(sublayer input) * scaling added to the
@@ -57,8 +59,8 @@ class AdapterConfig:
             raise AdapterConfigError(f"reduction_factor must be > 0, got {self.reduction_factor!r}")
         if self.activation not in ACTIVATIONS:
             raise AdapterConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if not 0 <= self.init_std <= 1e-2:
-            raise AdapterConfigError(f"init_std must lie in [0, 1e-2] (near-identity init), got {self.init_std!r}")
+        if not (isinstance(self.init_std, (int, float)) and 0 <= self.init_std < float("inf")):
+            raise AdapterConfigError(f"init_std must be a finite number >= 0 (default 1e-3: near identity), got {self.init_std!r}")
         if self.placement not in PLACEMENTS:
             raise AdapterConfigError(f"unknown placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
         if self.placement != "parallel" and self.scaling != 1.0:

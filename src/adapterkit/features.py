@@ -45,14 +45,27 @@ def target_count(feature: dict, kind: str) -> int:
     return 1
 
 
-def collate(features: Sequence[dict], kind: str, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad a list of features to the longest one; returns model inputs and targets as tensors."""
+def pad_inputs(features: Sequence[dict], pad_token_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """The model inputs of ``features`` padded to the longest row (on the left for decoders that pad there),
+    with an attention mask made from the lengths when the features carry none."""
     width = max(len(f["input_ids"]) for f in features)
     batch: dict[str, torch.Tensor] = {}
     for key in MODEL_INPUTS:
         if key in features[0]:
-            pad = pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([f[key] + [pad] * (width - len(f[key])) for f in features])
+            pad = [pad_token_id if key == "input_ids" else 0]
+            batch[key] = torch.tensor([pad * (width - len(f[key])) + f[key] if left else f[key] + pad * (width - len(f[key]))
+                                       for f in features], dtype=torch.long)
+    if "attention_mask" not in batch:
+        ones = [[1] * len(f["input_ids"]) for f in features]
+        batch["attention_mask"] = torch.tensor([[0] * (width - len(o)) + o if left else o + [0] * (width - len(o))
+                                                for o in ones], dtype=torch.long)
+    return batch
+
+
+def collate(features: Sequence[dict], kind: str, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad a list of features to the longest one; returns model inputs and targets as tensors."""
+    batch = pad_inputs(features, pad_token_id)
+    width = batch["input_ids"].shape[1]
     if kind == "lm":
         batch["labels"] = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features])
     elif kind == "qa":
@@ -87,4 +100,4 @@ def loss_sum(outputs, batch: dict, kind: str) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
 
 
-__all__ = ["collate", "loss_sum", "model_inputs", "target_count", "tokenize"]
+__all__ = ["collate", "loss_sum", "model_inputs", "pad_inputs", "target_count", "tokenize"]

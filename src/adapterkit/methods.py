@@ -48,6 +48,8 @@ class MethodConfig:
     adapter_size: int = 64
     placement: str = "houlsby"
     top_layers: int = 1
+    init_std: float = 1e-3  # adapter method: AdapterConfig.init_std
+    adapter_layers: tuple[int, ...] | None = None  # adapter method: AdapterConfig.layers (None: every layer)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,7 +79,8 @@ def _num_layers(model: nn.Module) -> int:
 
 def adapter_config_for(method: MethodConfig, model: nn.Module) -> ak.AdapterConfig:
     if method.method == "adapter":
-        return ak.AdapterConfig(size=method.adapter_size, placement=method.placement)
+        return ak.AdapterConfig(size=method.adapter_size, placement=method.placement, init_std=method.init_std,
+                                layers=method.adapter_layers)
     last = (_num_layers(model) - 1,) if method.method == "head" else None
     return ak.AdapterConfig(size=1, init_std=0.0, placement="pfeiffer", layers=last,
                             train_layer_norms=method.method == "ln")

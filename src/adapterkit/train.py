@@ -63,6 +63,8 @@ class TrainConfig:
     method: str = "adapter"
     adapter_size: int = 64
     placement: str = "houlsby"
+    init_std: float = 1e-3
+    adapter_layers: tuple[int, ...] | None = None  # AdapterDrop-style: adapters in these layers only
     top_layers: int = 2
     lr: float | None = None  # None: DEFAULT_LR[method]
     epochs: int = 3
@@ -76,6 +78,8 @@ class TrainConfig:
     warmup: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    bf16: bool = False  # bf16 autocast for the training forward/backward; weights, optimiser and eval in fp32
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     data: dict = field(default_factory=dict)  # load_task's file/column options
     resume: bool = False
     overwrite: bool = False
@@ -91,6 +95,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.adapter_layers is not None:
+            self.adapter_layers = tuple(self.adapter_layers)
         self.learning_rate = self.lr if self.lr is not None else DEFAULT_LR.get(self.method, 1e-3)
 
     def recorded(self) -> dict:
@@ -99,6 +105,8 @@ class TrainConfig:
             d["model"] = str(Path(d["model"]).resolve())
         for k in ("resume", "overwrite", "progress", "output"):
             d.pop(k)
+        if d["adapter_layers"] is not None:  # as JSON reads it back (--resume compares the two)
+            d["adapter_layers"] = list(d["adapter_layers"])
         d["lr"] = self.learning_rate
         return d
 
@@ -184,7 +192,8 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         raise FileExistsError(f"output {output} already exists; choose another --output or pass --overwrite")
 
     # 1. Everything that can fail on bad input happens before anything is written.
-    method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers)
+    method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers, config.init_std,
+                          config.adapter_layers)
     task = load_task(config.task, seed=config.seed, max_train=config.max_train,
                      max_validation=config.max_validation, **config.data)
     max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
@@ -199,6 +208,16 @@ def train(config: TrainConfig, accelerator=None) -> dict:
                                 "trained for these labels") from None
     label_mean = sum(e["label"] for e in task.train) / len(task.train) if task.kind == "regression" else None
     trainable = prepare(model, method, task.kind, task.label_names, label_mean)
+    if config.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                             "drop --gradient-checkpointing")
+        # non-reentrant: works with a frozen embedding layer (no input that requires grad) and keeps RNG state.
+        # transformers 5 renamed the method (the 4.x name is a deprecated alias there).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = count_parameters(model)
     train_features = build_features(task.train, task.kind, tokenizer, max_length, config.doc_stride)
     val_features = build_features(task.validation, task.kind, tokenizer, max_length, config.doc_stride)
@@ -271,6 +290,9 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         "task": task.name, "kind": task.kind, "metric": task.metric, "model": config.model, "method": config.method,
         "adapter_size": config.adapter_size if config.method == "adapter" else None,
         "placement": config.placement if config.method == "adapter" else None,
+        "init_std": config.init_std if config.method == "adapter" else None,
+        "adapter_layers": list(config.adapter_layers) if config.method == "adapter" and config.adapter_layers else None,
+        "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
         "top_layers": config.top_layers if config.method == "top-k" else None,
         **counts, "epochs": state["history"], "best": state["best"],
         "train_seconds": round(state["train_seconds"], 3),
@@ -310,7 +332,8 @@ def _train_epoch(model, optimizer, scheduler, features, kind, config, epoch, pad
         n = len(global_batch)  # contiguous shares: [rank*n/N, (rank+1)*n/N)
         mine = global_batch[rank * n // n_proc: (rank + 1) * n // n_proc]
         batch = {k: v.to(accelerator.device) for k, v in collate(mine, kind, pad_id).items()}
-        summed = loss_sum(model(**model_inputs(batch)), batch, kind)
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            summed = loss_sum(model(**model_inputs(batch)), batch, kind)  # loss_sum upcasts logits to fp32
         if not torch.isfinite(summed):
             raise TrainError(f"the loss became {float(summed.detach())} at epoch {epoch + 1}; lower --lr "
                              f"(now {config.learning_rate:g}) or check the data for broken labels")

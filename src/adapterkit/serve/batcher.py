@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..features import pad_inputs
 from ..io import AdapterLoadError, load_adapter, read_adapter_config
 from ..mixed import predict_mixed
 from ..model import list_adapters, remove_adapter
@@ -255,18 +256,4 @@ class Engine:
         return results
 
     def _pad(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {}
-        for key in features[0]:
-            fill = self._pad_id if key == "input_ids" else 0
-            t = torch.full((len(features), width), fill, dtype=torch.long)
-            for i, f in enumerate(features):
-                values = torch.tensor(f[key], dtype=torch.long)
-                if self._left_pad:
-                    t[i, width - len(values):] = values
-                else:
-                    t[i, : len(values)] = values
-            batch[key] = t
-        if "attention_mask" not in batch:
-            batch["attention_mask"] = (batch["input_ids"] != self._pad_id).long()
-        return batch
+        return pad_inputs(features, self._pad_id, left=self._left_pad)
