@@ -107,7 +107,7 @@ def header(d: Doc) -> None:
     B = d.B
     mt = "all" if B["max_train"] is None else f"{B['max_train']} (seeded subset)"
     if "max_train_other" in B:
-        mt = (f"GLUE: {mt} (SST-2: a seeded {run.SST2_FULL_MAX_TRAIN}); other tasks: a seeded "
+        mt = (f"GLUE: {mt} (SST-2: a seeded {B.get('sst2_max_train', run.SST2_FULL_MAX_TRAIN)}); other tasks: a seeded "
               f"{B['max_train_other']} ({B.get('max_train_long', B['max_train_other'])} for the long texts of "
               f"{', '.join(name(t) for t in sorted(run.LONG_TASKS))})")
     mv = "all" if B["max_validation"] is None else f"at most {B['max_validation']} (seeded subset, fixed split seed)"
