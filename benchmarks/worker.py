@@ -105,6 +105,15 @@ class Bench:
                 p.requires_grad_(False)
             for p in model.classifier.parameters():
                 p.requires_grad_(True)
+        elif method == "frozen":  # the measured floor: dX through every layer, no weight gradient but the norms'
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for m in model.modules():
+                if isinstance(m, torch.nn.LayerNorm) and m is not model.base_model.embeddings.LayerNorm:
+                    for p in m.parameters():
+                        p.requires_grad_(True)
+            for p in model.classifier.parameters():
+                p.requires_grad_(True)
         elif method in ("plain", "full"):
             pass
         else:

@@ -116,6 +116,8 @@ def test_worker_round_trip(tiny_bert_dir, tmp_path):
         {"cmd": "build", "key": "p", "method": "plain", "mode": "infer", **spec},
         {"cmd": "time", "key": "p", "n": 1},
         {"cmd": "memory", "method": "full", "mode": "train", "steps": 1, **spec},
+        {"cmd": "build", "key": "f", "method": "frozen", "mode": "train", **spec},
+        {"cmd": "time", "key": "f", "n": 1},
         {"cmd": "quit"},
     ]
     proc = subprocess.run([sys.executable, str(BENCH / "worker.py")], input="".join(json.dumps(r) + "\n" for r in reqs),
@@ -128,3 +130,5 @@ def test_worker_round_trip(tiny_bert_dir, tmp_path):
     assert "adapter_model.safetensors" in out[3]["files"]
     assert out[6]["rss_peak"] >= out[6]["rss_before"] and out[6]["delta"] >= 0
     assert out[6]["saved_bytes"] > 0 and "GeluBackward0.self" in out[6]["saved_by_node"]
+    # the frozen-backbone floor trains the layers' norms (2 per layer, weight + bias) and the classifier only
+    assert out[7]["params_trainable"] == 2 * 2 * 2 * 32 + (32 * 2 + 2)
