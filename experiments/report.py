@@ -153,6 +153,7 @@ def table1(d: Doc) -> None:
           "Full fine-tuning vs adapters (size chosen from {8, 64, 256} on validation) vs adapters of size 64. "
           "Scores x 100: accuracy (RTE, SST-2), F1 (MRPC), Matthews correlation (CoLA), Pearson (STS-B).", "")
     rows, full_s, best_s, a64_s, pct_best, pct_64, extra_best, extra_64 = [], [], [], [], [], [], [], []
+    gaps = []  # (task, adapters - full FT) where both ran
     flat = []  # tasks where neither method is 2 points above the majority class
     partial = set()  # tasks with a cell whose grid has not fully run
     base_params = None
@@ -167,6 +168,8 @@ def table1(d: Doc) -> None:
             rows.append(f"| {name(task)} | not run | | | | {base} |")
             continue
         full_s.append(score(full)), best_s.append(score(best)), a64_s.append(score(a64))
+        if score(full) is not None and score(best) is not None:
+            gaps.append((name(task), score(best) - score(full)))
         brec = d.derived("baselines", f"baseline-{task.replace('/', '-')}", run.baseline_key(d.R, task))
         top = max((x for x in (score(full), score(best)) if x is not None), default=None)
         if brec is not None and top is not None and top < 100 * brec["result"]["main"] + 2:
@@ -208,7 +211,8 @@ def table1(d: Doc) -> None:
           f"at {PAPER_GLUE['adapter_pct']}% trained/task* | | *-0.4* | |", "")
     if partial:
         d.add("† best among the grid points that have run so far; the rest of that cell's grid (learning rates "
-              "or adapter sizes) has not run yet (`python experiments/run.py --only table1` runs it).", "")
+              f"or adapter sizes) has not run yet (`python experiments/run.py --budget {d.budget} --only table1` "
+              "runs it).", "")
     d.add(
           "*majority class*: the score of always predicting the train set's most frequent class (STS-B: a "
           "constant, Pearson counted as 0), i.e. what a model that learned nothing gets; MRPC's F1 of the "
@@ -227,6 +231,10 @@ def table1(d: Doc) -> None:
               + (f", but {len(flat)} of the {n} tasks sit at the majority-class level for both methods, so at "
                  "this budget the means are not evidence for or against the paper's claim." if len(flat) * 2 >= n
                  else "."), "")
+        if gaps:
+            close = [t for t, g in gaps if g >= -2.0]
+            d.add("Per task, adapters (8-256) minus full FT: " + ", ".join(f"{t} {g:+.1f}" for t, g in gaps)
+                  + f": within 2 points (or above) on {len(close)} of {len(gaps)} tasks.", "")
         if flat:
             d.add(f"Caveat: on {', '.join(flat)} neither method scores 2 points above the majority class, so "
                   "those rows say little about adapters vs full fine-tuning at this budget (too few training "
