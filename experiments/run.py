@@ -85,6 +85,7 @@ BUDGETS = {
         "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-5, 1e-3, 1e-2, 1e-1, 1.0),
         "larger_max_train": 4000, "skip": ("larger", "probe"),  # the quick budget's diagnostics
         "levers_task": "rotten_tomatoes", "levers_layers": ((3, 4, 5), (5,)),
+        "longer_task": "glue/cola", "longer_epochs": 10,
         "lr_note": "adapters 1e-3 (adapterkit's default), LN-only 3e-3, head-only 3e-2 (a new head alone needs "
                    "a large lr), full FT and top-k 1e-4 (sequential full FT too)",
         "machine": "two runs at a time (`--jobs 2`), one torch thread each, on an otherwise idle 2-core machine",
@@ -128,6 +129,8 @@ def label_of(spec: dict) -> str:
         parts.append("layers" + "".join(str(i) for i in spec["adapter_layers"]))
     if spec.get("bf16"):
         parts.append("bf16")
+    if spec.get("epochs", 3) > 3:
+        parts.append(f"e{spec['epochs']}")
     if "init_from" in spec:
         parts.append("seq")
     return "-".join(parts)
@@ -634,6 +637,18 @@ def exp_levers(R: Runner) -> None:
     R.need(levers_specs(R))
 
 
+def longer_specs(R: Runner) -> list[dict]:
+    """Table 1's weakest adapter task trained longer (the paper's grid has 3 and 20 epochs): is the gap to full
+    FT a matter of steps? Adapters of size 8 and 64 at 1e-3, ``longer_epochs`` epochs; full FT as in Table 1."""
+    task, epochs = R.B["longer_task"], R.B["longer_epochs"]
+    return [train_spec(R.B, task, "adapter", 1e-3, size=m, epochs=epochs) for m in (8, 64)]
+
+
+def exp_longer(R: Runner) -> None:
+    R.log(f"longer: {R.B['longer_task']} for {R.B['longer_epochs']} epochs")
+    R.need(longer_specs(R))
+
+
 def exp_squad(R: Runner) -> None:
     R.log("squad")
     for spec in squad_specs(R):  # one at a time: the longest runs
@@ -722,13 +737,15 @@ EXPERIMENTS = {
     "table1-sst2": exp_table1_late,
     "squad": exp_squad,
     "levers": exp_levers,
+    "longer": exp_longer,
 }
 
 
 def experiments_of(budget: str) -> list[str]:
     """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
     skip = BUDGETS[budget].get("skip", ())
-    return [e for e in EXPERIMENTS if e not in skip and (e != "levers" or "levers_task" in BUDGETS[budget])]
+    needs = {"levers": "levers_task", "longer": "longer_task"}  # experiments only some budgets define
+    return [e for e in EXPERIMENTS if e not in skip and needs.get(e, "max_train") in BUDGETS[budget]]
 
 
 def main(argv: list[str] | None = None) -> int:
