@@ -528,6 +528,32 @@ def levers(d: Doc) -> None:
     d.add("")
 
 
+def longer(d: Doc) -> None:
+    """Table 1's weakest adapter task with more epochs."""
+    specs = run.longer_specs(d.R)
+    recs = d.need("longer", specs)
+    task = specs[0]["task"]
+    full = run.table1_choice(d.R, task, "full")
+    d.add(f"## Longer training: {name(task)} for {specs[0]['epochs']} epochs", "",
+          f"Table 1 trains {d.B['epochs']} epochs. The paper's grid has 3 and 20; here the adapters of Table 1's "
+          f"weakest task are trained for {specs[0]['epochs']} epochs (same lr 1e-3, warm-up and decay stretched "
+          "over the longer run), to see whether their gap to full fine-tuning closes with more steps. Scores x 100 "
+          "after each epoch:", "",
+          "| adapters | trained % | per epoch | best |", "|---|---|---|---|")
+    for spec, r in zip(specs, recs):
+        label = f"m={spec['adapter_size']}, lr {spec['lr']:g}"
+        if r is None or "error" in r["result"]:
+            d.add(f"| {label} | | {'not run' if r is None else 'failed'} | |")
+            continue
+        res = r["result"]
+        curve = " ".join(fmt(100 * e["main"]) for e in res["epochs"])
+        d.add(f"| {label} | {res['trainable_pct']:.2f}% | {curve} | **{fmt(score(r))}** (epoch {res['best']['epoch']}) |")
+    if full is not None:
+        d.add(f"| full FT, Table 1 ({full['spec']['epochs']} epochs, lr {full['spec']['lr']:g}) | 100% | "
+              + " ".join(fmt(100 * e["main"]) for e in full["result"]["epochs"]) + f" | **{fmt(score(full))}** |")
+    d.add("")
+
+
 def status(d: Doc) -> None:
     d.add("## What ran", "", "| experiment | results cached / expected |", "|---|---|")
     for exp in run.experiments_of(d.budget):
@@ -562,6 +588,8 @@ def build(budget: str = DOC_BUDGETS[0]) -> Doc:
     table2(d)
     ablation(d, True)
     squad(d)
+    if "longer" in run.experiments_of(budget):
+        longer(d)
     if "levers" in run.experiments_of(budget):
         levers(d)
     status(d)
