@@ -317,7 +317,7 @@ def demo(
     threads: Threads = None,
 ):
     """The paper's point in miniature: head-only vs adapters (size 64) vs full fine-tuning on rotten_tomatoes
-    with the bundled MiniLM, on CPU in a few minutes (3 measured on an idle 2-core machine).
+    with the bundled MiniLM, on CPU in a few minutes (2-3 measured on an idle 2-core machine).
 
     The defaults were measured: 2000 training snippets x 2 epochs at batch 16 bring adapters to ~0.79
     validation accuracy (4000 x 2 at batch 32 reach ~0.80), at about a third of full fine-tuning's cost."""
