@@ -536,8 +536,8 @@ def longer(d: Doc) -> None:
     full = run.table1_choice(d.R, task, "full")
     d.add(f"## Longer training: {name(task)} for {specs[0]['epochs']} epochs", "",
           f"Table 1 trains {d.B['epochs']} epochs. The paper's grid has 3 and 20; here the adapters of Table 1's "
-          f"weakest task are trained for {specs[0]['epochs']} epochs (same lr 1e-3, warm-up and decay stretched "
-          "over the longer run), to see whether their gap to full fine-tuning closes with more steps. Scores x 100 "
+          f"weakest task are trained for {specs[0]['epochs']} epochs (lr {specs[0]['lr']:g}, warm-up and decay "
+          "stretched over the longer run), to see whether their gap to full fine-tuning closes with more steps. Scores x 100 "
           "after each epoch:", "",
           "| adapters | trained % | per epoch | best |", "|---|---|---|---|")
     for spec, r in zip(specs, recs):

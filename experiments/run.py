@@ -22,6 +22,7 @@ independent runs of a stage at once.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib
 import json
@@ -524,8 +525,7 @@ def exp_sequential(R: Runner) -> None:
 
 
 def fig3_specs(R: Runner, task: str) -> list[dict]:
-    def lr(method: str) -> float:
-        return default_lr(R, method)
+    lr = functools.partial(default_lr, R)
     specs = [train_spec(R.B, task, "adapter", lr("adapter"), size=s) for s in R.B["fig3_sizes"]]
     specs += [train_spec(R.B, task, "top-k", lr("top-k"), top_layers=k) for k in R.B["fig3_topk"]]
     specs += [train_spec(R.B, task, "full", lr("full"))]
@@ -543,8 +543,7 @@ def exp_fig3(R: Runner) -> None:
 
 
 def table2_specs(R: Runner, task: str) -> list[dict]:
-    def lr(method: str) -> float:
-        return default_lr(R, method)
+    lr = functools.partial(default_lr, R)
     return [train_spec(R.B, task, "full", lr("full")),
             train_spec(R.B, task, "top-k", lr("top-k"), top_layers=R.B["table2_topk"]),
             train_spec(R.B, task, "adapter", lr("adapter"), size=64),
@@ -744,8 +743,9 @@ EXPERIMENTS = {
 def experiments_of(budget: str) -> list[str]:
     """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
     skip = BUDGETS[budget].get("skip", ())
-    needs = {"levers": "levers_task", "longer": "longer_task"}  # experiments only some budgets define
-    return [e for e in EXPERIMENTS if e not in skip and needs.get(e, "max_train") in BUDGETS[budget]]
+    defined_by = {"levers": "levers_task", "longer": "longer_task"}  # experiments only some budgets define
+    return [e for e in EXPERIMENTS
+            if e not in skip and (e not in defined_by or defined_by[e] in BUDGETS[budget])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,11 @@ def target_count(feature: dict, kind: str) -> int:
     return 1
 
 
+def _pad_row(row: list, width: int, fill: int, left: bool = False) -> list:
+    gap = [fill] * (width - len(row))
+    return gap + row if left else row + gap
+
+
 def pad_inputs(features: Sequence[dict], pad_token_id: int, left: bool = False) -> dict[str, torch.Tensor]:
     """The model inputs of ``features`` padded to the longest row (on the left for decoders that pad there),
     with an attention mask made from the lengths when the features carry none."""
@@ -52,13 +57,11 @@ def pad_inputs(features: Sequence[dict], pad_token_id: int, left: bool = False) 
     batch: dict[str, torch.Tensor] = {}
     for key in MODEL_INPUTS:
         if key in features[0]:
-            pad = [pad_token_id if key == "input_ids" else 0]
-            batch[key] = torch.tensor([pad * (width - len(f[key])) + f[key] if left else f[key] + pad * (width - len(f[key]))
-                                       for f in features], dtype=torch.long)
+            fill = pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([_pad_row(f[key], width, fill, left) for f in features], dtype=torch.long)
     if "attention_mask" not in batch:
-        ones = [[1] * len(f["input_ids"]) for f in features]
-        batch["attention_mask"] = torch.tensor([[0] * (width - len(o)) + o if left else o + [0] * (width - len(o))
-                                                for o in ones], dtype=torch.long)
+        batch["attention_mask"] = torch.tensor([_pad_row([1] * len(f["input_ids"]), width, 0, left) for f in features],
+                                               dtype=torch.long)
     return batch
 
 
@@ -67,7 +70,7 @@ def collate(features: Sequence[dict], kind: str, pad_token_id: int) -> dict[str,
     batch = pad_inputs(features, pad_token_id)
     width = batch["input_ids"].shape[1]
     if kind == "lm":
-        batch["labels"] = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features])
+        batch["labels"] = torch.tensor([_pad_row(f["labels"], width, -100) for f in features])
     elif kind == "qa":
         if "start_positions" in features[0]:
             batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
