@@ -41,6 +41,7 @@ DATA = Path(os.environ.get("ADAPTERKIT_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(HERE))
 
 PAPER_LRS = (3e-5, 3e-4, 3e-3)
+SEED = 42  # every budget's seed; the seeds experiment adds others
 GLUE_TASKS = ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola", "glue/sst2")
 PAIR_TASKS = {"glue/rte", "glue/mrpc", "glue/stsb", "boolq"}
 LONG_TASKS = {"20newsgroups", "r8", "boolq"}
@@ -50,7 +51,7 @@ TABLE2_TASKS = ("20newsgroups", "r8", "sms_spam", "trec", "rotten_tomatoes", "bo
 #: full = closer to the paper's protocol (full train sets, the lr grid on every task; many hours on CPU).
 BUDGETS = {
     "quick": {
-        "max_train": 800, "max_validation": 400, "epochs": 2, "batch_size": 16, "seed": 42,
+        "max_train": 800, "max_validation": 400, "epochs": 2, "batch_size": 16, "seed": SEED,
         "len_single": 64, "len_pair": 128,
         # Table 1: the paper's full lr grid on MRPC; on the other tasks the two grid points that MRPC
         # showed can work (full FT 3e-5/3e-4, adapters 3e-4/3e-3); sizes 8/256 at the task's best adapter lr.
@@ -76,7 +77,7 @@ BUDGETS = {
     "standard": {
         "max_train": None, "max_train_other": 4000, "max_train_long": 2000, "sst2_max_train": 4000,
         "max_validation": None, "epochs": 3, "batch_size": 32,
-        "seed": 42, "len_single": 128, "len_pair": 128,
+        "seed": SEED, "len_single": 128, "len_pair": 128,
         "grid_tasks": (), "task_grid": {"full": (3e-5, 1e-4, 3e-4), "adapter": (3e-4, 1e-3, 3e-3)},
         "table1_tasks": GLUE_TASKS[:4], "table1_late": ("glue/sst2",), "sizes": (8, 64, 256), "grid_all_sizes": False,
         "other_lrs": {"adapter": 1e-3, "ln": 3e-3, "head": 3e-2, "full": 1e-4, "top-k": 1e-4},
@@ -86,7 +87,8 @@ BUDGETS = {
         "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-5, 1e-3, 1e-2, 1e-1, 1.0),
         "larger_max_train": 4000, "skip": ("larger", "probe"),  # the quick budget's diagnostics
         "levers_task": "rotten_tomatoes", "levers_layers": ((3, 4, 5), (5,)),
-        "longer_task": "glue/cola", "longer_epochs": 10,
+        "longer_task": "glue/cola", "longer_epochs": 10, "pooler": True,
+        "seeds_task": "glue/cola", "extra_seeds": (43, 44),
         "lr_note": "adapters 1e-3 (adapterkit's default), LN-only 3e-3, head-only 3e-2 (a new head alone needs "
                    "a large lr), full FT and top-k 1e-4 (sequential full FT too)",
         "machine": "two runs at a time (`--jobs 2`), one torch thread each, on an otherwise idle 2-core machine",
@@ -94,7 +96,7 @@ BUDGETS = {
                   "sizes": (2, 8, 64, 256)},
     },
     "full": {
-        "max_train": None, "max_validation": None, "epochs": 3, "batch_size": 32, "seed": 42,
+        "max_train": None, "max_validation": None, "epochs": 3, "batch_size": 32, "seed": SEED,
         "len_single": 128, "len_pair": 128,
         "grid_tasks": GLUE_TASKS, "task_grid": {"full": PAPER_LRS, "adapter": PAPER_LRS}, "table1_tasks": GLUE_TASKS[:4], "table1_late": ("glue/sst2",),
         "sizes": (8, 64, 256), "grid_all_sizes": True,
@@ -130,6 +132,10 @@ def label_of(spec: dict) -> str:
         parts.append("layers" + "".join(str(i) for i in spec["adapter_layers"]))
     if spec.get("bf16"):
         parts.append("bf16")
+    if spec.get("train_pooler"):
+        parts.append("pooler")
+    if spec.get("seed", SEED) != SEED:
+        parts.append(f"seed{spec['seed']}")
     if spec.get("epochs", 3) > 3:
         parts.append(f"e{spec['epochs']}")
     if "init_from" in spec:
@@ -230,7 +236,8 @@ def _train_locked(spec: dict, out: Path) -> dict:
     config = TrainConfig(output=str(out), model=model, task=spec["task"], method=spec["method"],
                          adapter_size=spec.get("adapter_size", 64), top_layers=spec.get("top_layers", 2),
                          init_std=spec.get("init_std", 1e-3), adapter_layers=spec.get("adapter_layers"),
-                         bf16=spec.get("bf16", False), lr=spec["lr"], epochs=spec["epochs"],
+                         bf16=spec.get("bf16", False), train_pooler=spec.get("train_pooler", False),
+                         lr=spec["lr"], epochs=spec["epochs"],
                          batch_size=spec["batch_size"], max_length=spec["max_length"], max_train=spec["max_train"],
                          max_validation=spec["max_validation"], seed=spec["seed"], data=_data_options(spec["task"]),
                          resume=True, progress=False)
@@ -359,22 +366,27 @@ def default_lr(R: "Runner", method: str) -> float:
     return R.B.get("other_lrs", OTHER_LRS)[method]
 
 
-def lrs_for(R: Runner, task: str, method: str, size: int = 64) -> tuple[float, ...]:
+def lrs_for(R: Runner, task: str, method: str, size: int = 64, **extra) -> tuple[float, ...]:
     """The lr grid of one Table-1 cell. Full FT and size-64 adapters: the paper's grid on the grid tasks,
     else the budget's per-task grid. Other sizes: the full grid where the budget says so, else the lr that
-    was best for size 64 on the same task (so they wait for those runs)."""
+    was best for size 64 on the same task (so they wait for those runs). ``extra``: spec fields of the
+    adapter runs (the pooler experiment's ``train_pooler``)."""
     if method == "full" or size == 64:
         return PAPER_LRS if task in R.B["grid_tasks"] else tuple(R.B["task_grid"][method])
     if R.B["grid_all_sizes"]:
         return PAPER_LRS
-    best = best_of(R.need([train_spec(R.B, task, "adapter", lr, size=64) for lr in lrs_for(R, task, "adapter")]))
+    best = best_of(R.need([train_spec(R.B, task, "adapter", lr, size=64, **extra) for lr in lrs_for(R, task, "adapter")]))
     return (best["spec"]["lr"],) if best else ()
 
 
+def adapter_grid(R: Runner, task: str, **extra) -> list[dict]:
+    """Table 1's adapter runs of a task: every size, each over its lr grid."""
+    return [train_spec(R.B, task, "adapter", lr, size=s, **extra) for s in R.B["sizes"]
+            for lr in lrs_for(R, task, "adapter", s, **extra)]
+
+
 def table1_specs(R: Runner, task: str) -> list[dict]:
-    specs = [train_spec(R.B, task, "full", lr) for lr in lrs_for(R, task, "full")]
-    return specs + [train_spec(R.B, task, "adapter", lr, size=s) for s in R.B["sizes"]
-                    for lr in lrs_for(R, task, "adapter", s)]
+    return [train_spec(R.B, task, "full", lr) for lr in lrs_for(R, task, "full")] + adapter_grid(R, task)
 
 
 def baseline_key(R: Runner, task: str) -> dict:
@@ -418,11 +430,44 @@ def exp_table1_late(R: Runner) -> None:
         R.need(table1_specs(R, task))
 
 
-def table1_choice(R: Runner, task: str, method: str, size: int | None = None) -> dict | None:
+def table1_choice(R: Runner, task: str, method: str, size: int | None = None, **extra) -> dict | None:
     """The run Table 1 reports for (task, method[, size]): best on validation over its grid."""
     sizes = R.B["sizes"] if (method == "adapter" and size is None) else (size or 64,)
-    specs = [train_spec(R.B, task, method, lr, size=s) for s in sizes for lr in lrs_for(R, task, method, s)]
+    specs = [train_spec(R.B, task, method, lr, size=s, **extra) for s in sizes
+             for lr in lrs_for(R, task, method, s, **extra)]
     return best_of(R.need(specs))
+
+
+POOLER_STATS_SPEC = {"model": "minilm", "what": "BertPooler dense weight and bias statistics"}
+
+
+def pooler_stats(R: Runner) -> dict | None:
+    """Is MiniLM's pooler trained? Its weight std, bias and top singular value, against the top singular value
+    a random Gaussian matrix of that std has (2 std sqrt(d), the Marchenko-Pastur edge)."""
+    def compute() -> dict:
+        import torch
+
+        from adapterkit.models import load_model
+
+        model, _ = load_model("minilm", kind="base")
+        w, b = model.pooler.dense.weight.detach(), model.pooler.dense.bias.detach()
+        return {"d": w.shape[0], "weight_std": float(w.std()), "bias_max_abs": float(b.abs().max()),
+                "top_singular": float(torch.linalg.svdvals(w)[0]), "random_top_singular": float(2 * w.std() * w.shape[0] ** 0.5),
+                "query_weight_std": float(model.encoder.layer[0].attention.self.query.weight.std())}
+
+    return R.derived("pooler-minilm", POOLER_STATS_SPEC, compute)
+
+
+def exp_pooler(R: Runner) -> None:
+    """Table 1's adapters again, each head with its own trained copy of MiniLM's pooler (``train_pooler``;
+    Table 1 keeps the pooler frozen, as adapter-bert and adapterkit's default do). all-MiniLM-L6-v2 ships
+    that pooler untrained (random weights, zero bias): the frozen one is a random tanh projection of [CLS]."""
+    pooler_stats(R)
+    for task in R.B["table1_tasks"]:
+        R.log(f"pooler: {task}")
+        R.need([train_spec(R.B, task, "adapter", lr, size=64, train_pooler=True) for lr in lrs_for(R, task, "adapter")])
+    for task in R.B["table1_tasks"]:
+        R.need(adapter_grid(R, task, train_pooler=True))
 
 
 def _task_data(spec: dict):
@@ -724,6 +769,22 @@ def exp_larger(R: Runner) -> None:
     R.need(larger_specs(R))
 
 
+def seeds_specs(R: Runner) -> list[dict]:
+    """The seed-42 choices of full FT and adapters (Table 1) and own-pooler adapters (pooler experiment) on
+    ``seeds_task``, again with ``extra_seeds``: how much of the gaps is the seed? (Empty until those ran.)"""
+    task = R.B["seeds_task"]
+    chosen = [table1_choice(R, task, "full"), table1_choice(R, task, "adapter"),
+              table1_choice(R, task, "adapter", train_pooler=True)]
+    if any(c is None for c in chosen):
+        return []
+    return [{**c["spec"], "seed": seed} for c in chosen for seed in R.B["extra_seeds"]]
+
+
+def exp_seeds(R: Runner) -> None:
+    R.log(f"seeds: {R.B['seeds_task']}")
+    R.need(seeds_specs(R))
+
+
 #: Priority order (the brief's): what runs first when time is short.
 EXPERIMENTS = {
     "table1": exp_table1,
@@ -737,13 +798,15 @@ EXPERIMENTS = {
     "squad": exp_squad,
     "levers": exp_levers,
     "longer": exp_longer,
+    "pooler": exp_pooler,
+    "seeds": exp_seeds,
 }
 
 
 def experiments_of(budget: str) -> list[str]:
     """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
     skip = BUDGETS[budget].get("skip", ())
-    defined_by = {"levers": "levers_task", "longer": "longer_task"}  # experiments only some budgets define
+    defined_by = {"levers": "levers_task", "longer": "longer_task", "pooler": "pooler", "seeds": "seeds_task"}  # only some budgets have these
     return [e for e in EXPERIMENTS
             if e not in skip and (e not in defined_by or defined_by[e] in BUDGETS[budget])]
 

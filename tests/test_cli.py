@@ -167,8 +167,23 @@ def test_adapter_layers_and_init_std_options(tiny, tmp_path):
     out = tmp_path / "upper"
     result = runner.invoke(app, train_args(tiny, out, "--adapter-layers", "1", "--init-std", "0.05"))
     assert result.exit_code == 0, result.output
-    config = json.loads((out / "adapter" / "adapter_config.json").read_text())["config"]
-    assert config["layers"] == [1] and config["init_std"] == 0.05
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["config"]["layers"] == [1] and config["config"]["init_std"] == 0.05
+    assert config["head"]["train_pooler"] is False
+
+
+def test_train_pooler_option_trains_the_heads_own_pooler_copy(tiny, trained, tmp_path):
+    out = tmp_path / "pooler"
+    result = runner.invoke(app, train_args(tiny, out, "--train-pooler"))
+    assert result.exit_code == 0, result.output
+    head = json.loads((out / "adapter" / "adapter_config.json").read_text())["head"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert head["train_pooler"] is True and metrics["train_pooler"] is True
+    default = json.loads((trained / "metrics.json").read_text())  # the same run without the flag
+    assert default["train_pooler"] is False
+    assert metrics["trainable_params"] - default["trainable_params"] == 32 * 32 + 32  # the pooler copy: d * d + d
+    as_json = runner.invoke(app, ["eval", "--adapter", str(out / "adapter"), "--json"])  # loads back as saved
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["main"] == metrics["best"]["main"]
 
 
 @pytest.mark.parametrize("layers, message", [("x,1", "layer indices"), ("5", "out of range"), ("", "layer indices")])

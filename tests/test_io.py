@@ -24,7 +24,8 @@ def _trained(arch="bert", name="a", config=None, head=None, seed=0):
     return model.eval(), inputs
 
 
-@pytest.mark.parametrize("arch,head", [("bert", None), ("bert", 5), ("roberta", "regression"), ("llama", 3), ("t5", None)])
+@pytest.mark.parametrize("arch,head", [("bert", None), ("bert", 5), ("bert", {"kind": "own", "train_pooler": True}),
+                                       ("roberta", "regression"), ("llama", 3), ("t5", None)])
 def test_save_then_load_into_fresh_base_gives_identical_logits(tmp_path, arch, head):
     model, inputs = _trained(arch, head=head, config=ak.AdapterConfig(size=8, placement="parallel", scaling=2.0))
     expected = logits(model, inputs)

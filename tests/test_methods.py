@@ -34,6 +34,23 @@ def test_adapter_trains_adapter_layer_norms_and_head_only():
     assert summary["adapter_params"] == 2 * 2 * (2 * 8 * 32 + 32 + 8)
 
 
+def test_train_pooler_gives_the_head_its_own_pooler_copy_else_it_shares_the_frozen_one():
+    """BERT's classifier reads the pooler (dense + tanh on [CLS]): train_pooler=True gives the adapter's head
+    its own trainable copy of it; by default it uses the model's pooler, frozen. The base pooler never trains."""
+    d = 32
+    for train_pooler, extra in ((True, d * d + d), (False, 0)):
+        model = tiny_model()
+        base_pooler = {k: v.clone() for k, v in model.bert.pooler.state_dict().items()}
+        prepare(model, MethodConfig("adapter", adapter_size=8, train_pooler=train_pooler), "classification", ["a", "b"])
+        assert ak.adapter_summary(model)["task"]["head_params"] == extra + d * 2 + 2
+        assert any(n.startswith("bert.pooler.adapters.") for n in trainable_names(model)) == train_pooler
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        model(torch.randint(0, 100, (2, 7))).logits.sum().backward()
+        opt.step()
+        assert all(torch.equal(v, base_pooler[k]) for k, v in model.bert.pooler.state_dict().items()
+                   if ".adapters." not in k)
+
+
 @pytest.mark.parametrize("method", ["ln", "head"])
 def test_ln_and_head_keep_an_exact_identity_bottleneck(method):
     model = tiny_model()
@@ -50,11 +67,12 @@ def test_ln_and_head_keep_an_exact_identity_bottleneck(method):
         assert roles["layer_norm"] and all(p.requires_grad for p in roles["layer_norm"])
     else:
         assert "layer_norm" not in roles
-    # With the untrained head replaced by the base one, the model equals the base model bit for bit.
+    # With the new output layer replaced by the base one (the pooler copy starts as the base pooler), the
+    # model equals the base model bit for bit.
     with torch.no_grad():
         model.eval()
         for _, holder in adapter_modules(model):
-            if holder.role == "head":
+            if holder.role == "head" and isinstance(holder.adapters["task"], torch.nn.Linear):
                 holder.adapters["task"].weight.copy_(model.classifier.weight)
                 holder.adapters["task"].bias.copy_(model.classifier.bias)
         adapted = model(x).logits

@@ -26,7 +26,7 @@ def perturb(model, name, scale, seed):
 def tiny_multitask(seed=0):
     """Tiny random BERT with four adapters of different shapes, placements and heads."""
     model = tiny_model("bert", seed=seed)  # own head: 2 labels
-    ak.add_adapter(model, "a", ak.AdapterConfig(size=8), head=2)
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=8), head={"kind": "classification", "num_labels": 2, "train_pooler": True})
     ak.add_adapter(model, "b", ak.AdapterConfig(size=4, placement="pfeiffer"), head=3)
     ak.add_adapter(model, "c", ak.AdapterConfig(size=8, placement="parallel", scaling=2.0), head="regression")
     ak.add_adapter(model, "d", ak.AdapterConfig(size=4, layers=(1,), train_layer_norms=False))  # the model's own head

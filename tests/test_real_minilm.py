@@ -32,6 +32,22 @@ def test_minilm_houlsby_64_counts_match_the_paper_formula(minilm_dir):
     assert s["base_params"] == 22_713_986 and s["percent"] < 3.0
 
 
+def test_minilm_pooler_is_untrained_and_train_pooler_gives_a_head_its_own_copy(minilm_dir):
+    """all-MiniLM-L6-v2 pools by mean and ships BERT's pooler untouched since initialisation (zero bias,
+    N(0, ~0.01) weights), so the frozen pooler the default head reads is a random projection of [CLS].
+    train_pooler=True copies it and trains the copy; the model's own pooler stays frozen."""
+    model = load_minilm(minilm_dir)
+    pooler = model.bert.pooler.dense
+    assert not pooler.bias.any() and pooler.weight.std() < 0.02
+    ak.add_adapter(model, "own", head=ak.HeadConfig("own", train_pooler=True))
+    ak.add_adapter(model, "shared")
+    assert ak.adapter_summary(model)["own"]["head_params"] - ak.adapter_summary(model)["shared"]["head_params"] == 384 * 384 + 384
+    ak.train_adapter(model, "own")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("bert.pooler.adapters.adapters.own.") for n in trainable)
+    assert not model.bert.pooler.dense.weight.requires_grad
+
+
 def test_minilm_identity_training_isolation_and_round_trip(minilm_dir, minilm_batch, tmp_path):
     model = load_minilm(minilm_dir)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -114,7 +114,11 @@ def test_resume_after_interruption_matches_uninterrupted(tiny, adapter_run, tmp_
     monkeypatch.setattr(T, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt, match="--resume"):
         train(config(tiny, out, epochs=3))
-    assert not out.exists() and (tmp_path / ".run.partial" / "checkpoint" / "state.json").is_file()
+    state = tmp_path / ".run.partial" / "checkpoint" / "state.json"
+    assert not out.exists() and state.is_file()
+    saved = json.loads(state.read_text())  # as written before train_pooler existed: it ran at its default
+    del saved["config"]["train_pooler"]
+    state.write_text(json.dumps(saved))
     monkeypatch.setattr(T, "_train_epoch", real_epoch)
     resumed = train(config(tiny, out, epochs=3, resume=True))
     expected = adapter_run["metrics"]
@@ -133,6 +137,14 @@ def test_resume_refuses_changed_settings(tiny, tmp_path, monkeypatch):
     # No epoch finished: nothing to resume, so a changed run starts fresh.
     train(config(tiny, tmp_path / "run", epochs=1, resume=True))
     assert (tmp_path / "run" / "metrics.json").is_file()
+    # One epoch finished, then a resume with another setting: refused, naming it.
+    real_epoch = T._train_epoch
+    monkeypatch.setattr(T, "_train_epoch", lambda *a, **k: real_epoch(*a, **k) if a[6] == 0 else (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny, tmp_path / "two", epochs=2))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"different settings \(train_pooler\)"):
+        train(config(tiny, tmp_path / "two", epochs=2, resume=True, train_pooler=True))
 
 
 @pytest.mark.parametrize("method", ["full", "top-k", "ln", "head"])

@@ -34,6 +34,10 @@ class ArchitectureSpec:
     # Top-level modules that make up the task head (only those the model has are used). Each adapter gets
     # its own copies. A model without any (a causal LM with its tied lm_head) shares its head, frozen.
     head: tuple[str, ...] = ("classifier|score|qa_outputs",)
+    # A pretrained pooler between the layers and the head, if the head reads one (BERT: dense + tanh on
+    # [CLS]); HeadConfig(train_pooler=True) gives an adapter's head its own trainable copy of it.
+    # RoBERTa, ELECTRA, MPNet... have that dense layer inside ``head`` already.
+    pooler: str | None = None
 
 
 _BERT = Stack(
@@ -54,7 +58,7 @@ _LLAMA = Stack(
 )
 
 PRESETS: dict[str, ArchitectureSpec] = {
-    "bert": ArchitectureSpec((_BERT,)),
+    "bert": ArchitectureSpec((_BERT,), pooler="bert.pooler"),
     "roberta": ArchitectureSpec((_BERT,)),
     "xlm-roberta": ArchitectureSpec((_BERT,)),
     "electra": ArchitectureSpec((_BERT,)),
@@ -143,9 +147,12 @@ def layer_lists(model: nn.Module, spec: ArchitectureSpec) -> list[nn.ModuleList]
     return stacks
 
 
-def head_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
-    """The model's task-head modules that exist (top-level attributes), in order."""
-    return [m for m in (_get(model, alternatives) for alternatives in spec.head) if m is not None]
+def head_modules(model: nn.Module, spec: ArchitectureSpec, with_pooler: bool = False) -> list[nn.Module]:
+    """The model's task-head modules that exist, in order (the output layer last); ``with_pooler`` puts the
+    spec's pooler first when the model has both a head and that pooler."""
+    heads = [m for m in (_get(model, alternatives) for alternatives in spec.head) if m is not None]
+    pooler = _get(model, spec.pooler) if with_pooler and spec.pooler and heads else None
+    return ([pooler] if pooler is not None else []) + heads
 
 
 def detect(model: nn.Module) -> ArchitectureSpec:

@@ -131,6 +131,8 @@ def train(
     adapter_layers: Annotated[Optional[str], typer.Option(
         help="adapters only in these layers, e.g. 3,4,5 (AdapterDrop-style: backprop stops below the lowest)")] = None,
     top_layers: Annotated[int, typer.Option(help="K for --method top-k")] = 2,
+    train_pooler: Annotated[bool, typer.Option(
+        help="adapter/ln/head: train the head's own copy of a BERT-style pooler (default: the model's, frozen)")] = False,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
     epochs: int = 3,
     batch_size: Annotated[int, typer.Option(help="global batch size (over all processes)")] = 32,
@@ -159,7 +161,8 @@ def train(
                          problem_type, task)
     layers = None if adapter_layers is None else tuple(_ints(adapter_layers, "--adapter-layers"))
     config = TrainConfig(output=output, model=model, task=task, method=method, adapter_size=adapter_size,
-                         placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers, lr=lr,
+                         placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers,
+                         train_pooler=train_pooler, lr=lr,
                          epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                          doc_stride=doc_stride, max_train=max_train, max_validation=max_validation, seed=seed,
                          warmup=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, data=data,

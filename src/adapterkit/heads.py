@@ -9,6 +9,11 @@ model's head does (BERT's pooled output, RoBERTa's first token, a decoder's last
 * ``regression``     -- the same with one output.
 * ``shared``         -- no head of its own: the model's head is used as it is and stays frozen (causal LMs,
                         whose ``lm_head`` is tied to the input embeddings).
+
+``train_pooler``: where the head reads a pretrained pooler (BERT's dense + tanh on [CLS],
+``ArchitectureSpec.pooler``), True gives the adapter its own trainable copy of it. The default, False,
+keeps the model's pooler frozen and shared, as adapter-bert did. Sentence-transformers checkpoints such as
+all-MiniLM-L6-v2 ship an untrained (random) pooler; docs/results.md measures both ways.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class HeadConfig:
     kind: str = "own"
     num_labels: int | None = None
     labels: tuple[str, ...] | None = None  # label names, index = class id
+    train_pooler: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -35,6 +41,8 @@ class HeadConfig:
             object.__setattr__(self, "num_labels", 1)
         if self.kind == "classification" and (not isinstance(self.num_labels, int) or self.num_labels < 1):
             raise ValueError(f"a classification head needs num_labels >= 1, got {self.num_labels!r}")
+        if not isinstance(self.train_pooler, bool):
+            raise ValueError(f"train_pooler must be True or False, got {self.train_pooler!r}")
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(self.labels))
             if self.num_labels is not None and len(self.labels) != self.num_labels:
@@ -59,7 +67,8 @@ class HeadConfig:
         raise ValueError(f"head must be None, a number of labels, 'regression', a dict or a HeadConfig, got {head!r}")
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "num_labels": self.num_labels, "labels": list(self.labels) if self.labels else None}
+        return {"kind": self.kind, "num_labels": self.num_labels, "labels": list(self.labels) if self.labels else None,
+                "train_pooler": self.train_pooler}
 
 
 def replace_last_linear(head: nn.Module, num_outputs: int, init_std: float) -> nn.Module:

@@ -50,6 +50,7 @@ class MethodConfig:
     top_layers: int = 1
     init_std: float = 1e-3  # adapter method: AdapterConfig.init_std
     adapter_layers: tuple[int, ...] | None = None  # adapter method: AdapterConfig.layers (None: every layer)
+    train_pooler: bool = False  # adapter/ln/head: HeadConfig.train_pooler (full and top-k train it anyway)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -61,13 +62,14 @@ class MethodConfig:
         return self.method in ("adapter", "ln", "head")
 
 
-def head_for(kind: str, label_names: list[str] | None) -> ak.HeadConfig | None:
+def head_for(kind: str, label_names: list[str] | None, train_pooler: bool = False) -> ak.HeadConfig | None:
     """The adapter's head for a task kind: a fresh classifier carrying the label names, a regression
     output, the model's own span head (qa), or the shared LM head (lm)."""
     if kind == "classification":
-        return ak.HeadConfig("classification", num_labels=len(label_names), labels=tuple(label_names))
+        return ak.HeadConfig("classification", num_labels=len(label_names), labels=tuple(label_names),
+                             train_pooler=train_pooler)
     if kind == "regression":
-        return ak.HeadConfig("regression")
+        return ak.HeadConfig("regression", train_pooler=train_pooler)
     return None
 
 
@@ -95,7 +97,7 @@ def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list
     parameter by about lr per step, so a bias starting at 0 would need thousands of adapter-sized steps
     just to reach STS-B's mean score (2.7) and the model would predict a constant meanwhile."""
     if method.uses_adapter:
-        ak.add_adapter(model, ADAPTER_NAME, adapter_config_for(method, model), head=head_for(kind, label_names))
+        ak.add_adapter(model, ADAPTER_NAME, adapter_config_for(method, model), head=head_for(kind, label_names, method.train_pooler))
         ak.train_adapter(model, ADAPTER_NAME)
         if method.method != "adapter":  # identity bottleneck stays frozen (exactly zero)
             for _, holder in adapter_modules(model):

@@ -130,8 +130,8 @@ def add_adapter(
         raise ValueError(f"adapter {name!r} already exists; remove_adapter(model, {name!r}) first or pick another name")
     layers = resolve(model, state.spec)
     config.check_layers(len(layers))
-    heads = head_modules(model, state.spec)
-    head = HeadConfig.coerce(head, model_has_head=bool(heads))
+    head = HeadConfig.coerce(head, model_has_head=bool(head_modules(model, state.spec)))
+    heads = head_modules(model, state.spec, with_pooler=head.train_pooler)
     if head.kind != "shared" and not heads:
         raise ValueError(f"{type(model).__name__} has no task head to copy ({state.spec.head}); load the model with "
                          "its task class (e.g. AutoModelForSequenceClassification) or pass head='shared'")

@@ -28,7 +28,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -66,6 +66,7 @@ class TrainConfig:
     init_std: float = 1e-3
     adapter_layers: tuple[int, ...] | None = None  # AdapterDrop-style: adapters in these layers only
     top_layers: int = 2
+    train_pooler: bool = False  # adapter/ln/head: the head trains its own copy of a BERT-style pooler
     lr: float | None = None  # None: DEFAULT_LR[method]
     epochs: int = 3
     batch_size: int = 32
@@ -193,7 +194,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
 
     # 1. Everything that can fail on bad input happens before anything is written.
     method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers, config.init_std,
-                          config.adapter_layers)
+                          config.adapter_layers, config.train_pooler)
     task = load_task(config.task, seed=config.seed, max_train=config.max_train,
                      max_validation=config.max_validation, **config.data)
     max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
@@ -243,8 +244,12 @@ def train(config: TrainConfig, accelerator=None) -> dict:
     best_state = trainable_state(model)
     if config.resume and checkpoint.exists():
         saved = json.loads((checkpoint.dir / "state.json").read_text())
-        if saved["config"] != state["config"]:
-            diff = sorted(k for k in state["config"] if saved["config"].get(k) != state["config"][k])
+        # A setting added after the checkpoint was written ran at its default then.
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        saved_config = {**{k: defaults[k] for k in state["config"].keys() - saved["config"].keys() if k in defaults},
+                        **saved["config"]}
+        if saved_config != state["config"]:
+            diff = sorted(k for k in state["config"] if saved_config.get(k) != state["config"][k])
             raise ValueError(f"--resume: {run_dir} was started with different settings ({', '.join(diff)}); "
                              "rerun with the same options or drop --resume")
         best_state, state = checkpoint.load(model, optimizer, scheduler)
@@ -292,6 +297,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         "placement": config.placement if config.method == "adapter" else None,
         "init_std": config.init_std if config.method == "adapter" else None,
         "adapter_layers": list(config.adapter_layers) if config.method == "adapter" and config.adapter_layers else None,
+        "train_pooler": config.train_pooler if method.uses_adapter else None,
         "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
         "top_layers": config.top_layers if config.method == "top-k" else None,
         **counts, "epochs": state["history"], "best": state["best"],
