@@ -147,12 +147,14 @@ def layer_lists(model: nn.Module, spec: ArchitectureSpec) -> list[nn.ModuleList]
     return stacks
 
 
-def head_modules(model: nn.Module, spec: ArchitectureSpec, with_pooler: bool = False) -> list[nn.Module]:
-    """The model's task-head modules that exist, in order (the output layer last); ``with_pooler`` puts the
-    spec's pooler first when the model has both a head and that pooler."""
-    heads = [m for m in (_get(model, alternatives) for alternatives in spec.head) if m is not None]
-    pooler = _get(model, spec.pooler) if with_pooler and spec.pooler and heads else None
-    return ([pooler] if pooler is not None else []) + heads
+def head_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
+    """The model's task-head modules that exist (top-level attributes), in order."""
+    return [m for m in (_get(model, alternatives) for alternatives in spec.head) if m is not None]
+
+
+def pooler_module(model: nn.Module, spec: ArchitectureSpec) -> nn.Module | None:
+    """The pretrained pooler the head reads (``spec.pooler``), if the model has one."""
+    return _get(model, spec.pooler) if spec.pooler else None
 
 
 def detect(model: nn.Module) -> ArchitectureSpec:
@@ -183,4 +185,4 @@ def _candidates(model: nn.Module, limit: int = 12) -> list[str]:
     return names[:limit]
 
 
-__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "head_modules", "layer_lists", "resolve"]
+__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "head_modules", "layer_lists", "pooler_module", "resolve"]

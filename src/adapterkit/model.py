@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .architectures import ArchitectureSpec, LayerSites, detect, head_modules, resolve
+from .architectures import ArchitectureSpec, LayerSites, detect, head_modules, pooler_module, resolve
 from .bottleneck import Bottleneck
 from .config import AdapterConfig
 from .heads import HeadConfig, replace_last_linear
@@ -130,8 +130,10 @@ def add_adapter(
         raise ValueError(f"adapter {name!r} already exists; remove_adapter(model, {name!r}) first or pick another name")
     layers = resolve(model, state.spec)
     config.check_layers(len(layers))
-    head = HeadConfig.coerce(head, model_has_head=bool(head_modules(model, state.spec)))
-    heads = head_modules(model, state.spec, with_pooler=head.train_pooler)
+    heads = head_modules(model, state.spec)
+    head = HeadConfig.coerce(head, model_has_head=bool(heads))
+    pooler = pooler_module(model, state.spec) if head.train_pooler and heads else None
+    heads = ([pooler] if pooler is not None else []) + heads  # the pooler copy first, the output layer last
     if head.kind != "shared" and not heads:
         raise ValueError(f"{type(model).__name__} has no task head to copy ({state.spec.head}); load the model with "
                          "its task class (e.g. AutoModelForSequenceClassification) or pass head='shared'")
