@@ -85,8 +85,10 @@ def test_rerun_with_everything_cached_trains_nothing(modules, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("a cached re-run must not train")
 
-    monkeypatch.setattr(run, "_worker", fail)
-    monkeypatch.setattr(run, "_train_now", fail)
+    import runner
+
+    monkeypatch.setattr(runner, "_worker", fail)
+    monkeypatch.setattr(runner, "_train_now", fail)
     monkeypatch.setattr(report, "write_doc", lambda *a, **k: "")
     ran = 0
     for budget in budgets(report):

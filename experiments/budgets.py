@@ -1,0 +1,78 @@
+"""What each budget of experiments/run.py trains: tasks, data sizes, lr grids, epochs (plain data).
+
+A budget is one dict; the experiments read their settings from it, and a budget without an experiment's key
+skips that experiment (see run.experiments_of).
+"""
+
+PAPER_LRS = (3e-5, 3e-4, 3e-3)
+SEED = 42  # every budget's seed; the seeds experiment adds others
+GLUE_TASKS = ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola", "glue/sst2")
+PAIR_TASKS = {"glue/rte", "glue/mrpc", "glue/stsb", "boolq"}
+LONG_TASKS = {"20newsgroups", "r8", "boolq"}
+TABLE2_TASKS = ("20newsgroups", "r8", "sms_spam", "trec", "rotten_tomatoes", "boolq")
+
+#: Budgets. quick = what one session on ~2 shared CPU cores can afford (about an hour of training);
+#: full = closer to the paper's protocol (full train sets, the lr grid on every task; many hours on CPU).
+BUDGETS = {
+    "quick": {
+        "max_train": 800, "max_validation": 400, "epochs": 2, "batch_size": 16, "seed": SEED,
+        "len_single": 64, "len_pair": 128,
+        # Table 1: the paper's full lr grid on MRPC; on the other tasks the two grid points that MRPC
+        # showed can work (full FT 3e-5/3e-4, adapters 3e-4/3e-3); sizes 8/256 at the task's best adapter lr.
+        "grid_tasks": ("glue/mrpc",), "task_grid": {"full": (3e-5, 3e-4), "adapter": (3e-4, 3e-3)}, "table1_tasks": ("glue/mrpc", "glue/rte", "glue/stsb", "glue/cola"),
+        "table1_late": ("glue/sst2",), "sizes": (8, 64, 256), "grid_all_sizes": False,
+        "seq_tasks": ("glue/stsb", "glue/cola", "glue/mrpc"),
+        "fig3_tasks": ("rotten_tomatoes",), "fig3_sizes": (1, 2, 8, 64, 256), "fig3_topk": (1, 2, 3),
+        "table2_tasks": ("rotten_tomatoes", "trec", "sms_spam", "r8"), "table2_topk": 2,
+        "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-5, 1e-3, 1e-2),
+        "larger_max_train": 2000,
+        "lr_note": "adapters, LN-only and head-only 3e-3 (the grid point MRPC chose for adapters); full FT and "
+                   "top-k 1e-4 (3e-5 did not leave the majority class in ~100 steps on MRPC, 3e-4 collapsed on "
+                   "STS-B) (sequential full FT too)",
+        "machine": "one torch thread per process (3x faster than two on this oversubscribed machine)",
+        "squad": {"max_train": 600, "max_validation": 300, "epochs": 1, "max_length": 256,
+                  "sizes": (2, 8, 64, 256)},
+    },
+    # standard = what one session on an idle 2-core machine affords (a few hours): the four small GLUE tasks
+    # with their full train sets and dev sets, 3 epochs; other tasks (and SST-2) capped at 4000 train examples
+    # (2000 for the long-text ones and SQuAD's questions). The lr grid has three points per method: for full
+    # FT the paper's 3e-5 and 3e-4 with 1e-4 between them (its 3e-3 diverges for full FT), for adapters the
+    # paper's 3e-4 and 3e-3 with 1e-3 between them (3e-5 barely moves adapters in a few hundred steps).
+    "standard": {
+        "max_train": None, "max_train_other": 4000, "max_train_long": 2000, "sst2_max_train": 4000,
+        "max_validation": None, "epochs": 3, "batch_size": 32,
+        "seed": SEED, "len_single": 128, "len_pair": 128,
+        "grid_tasks": (), "task_grid": {"full": (3e-5, 1e-4, 3e-4), "adapter": (3e-4, 1e-3, 3e-3)},
+        "table1_tasks": GLUE_TASKS[:4], "table1_late": ("glue/sst2",), "sizes": (8, 64, 256), "grid_all_sizes": False,
+        "other_lrs": {"adapter": 1e-3, "ln": 3e-3, "head": 3e-2, "full": 1e-4, "top-k": 1e-4},
+        "seq_tasks": ("glue/stsb", "glue/cola", "glue/mrpc"),
+        "fig3_tasks": ("trec", "rotten_tomatoes"), "fig3_sizes": (1, 4, 16, 64, 256), "fig3_topk": (1, 2, 3),
+        "table2_tasks": ("rotten_tomatoes", "trec", "sms_spam", "r8", "20newsgroups", "boolq"), "table2_topk": 2,
+        "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-5, 1e-3, 1e-2, 1e-1, 1.0),
+        "larger_max_train": 4000, "skip": ("larger", "probe"),  # the quick budget's diagnostics
+        "levers_task": "rotten_tomatoes", "levers_layers": ((3, 4, 5), (5,)),
+        "longer_task": "glue/cola", "longer_epochs": 10, "pooler": True,
+        "seeds_task": "glue/cola", "extra_seeds": (43, 44),
+        "lr_note": "adapters 1e-3 (adapterkit's default), LN-only 3e-3, head-only 3e-2 (a new head alone needs "
+                   "a large lr), full FT and top-k 1e-4 (sequential full FT too)",
+        "machine": "two runs at a time (`--jobs 2`), one torch thread each, on an otherwise idle 2-core machine",
+        "squad": {"max_train": 2000, "max_validation": 1000, "epochs": 2, "max_length": 256,
+                  "sizes": (2, 8, 64, 256)},
+    },
+    "full": {
+        "max_train": None, "max_validation": None, "epochs": 3, "batch_size": 32, "seed": SEED,
+        "len_single": 128, "len_pair": 128,
+        "grid_tasks": GLUE_TASKS, "task_grid": {"full": PAPER_LRS, "adapter": PAPER_LRS}, "table1_tasks": GLUE_TASKS[:4], "table1_late": ("glue/sst2",),
+        "sizes": (8, 64, 256), "grid_all_sizes": True,
+        "seq_tasks": ("glue/stsb", "glue/cola", "glue/mrpc", "glue/rte"),
+        "fig3_tasks": ("rotten_tomatoes", "glue/cola"), "fig3_sizes": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+        "fig3_topk": (1, 2, 3, 4, 5, 6),
+        "table2_tasks": TABLE2_TASKS, "table2_topk": 2,
+        "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+        "larger_max_train": None,
+        "squad": {"max_train": 4000, "max_validation": 1500, "epochs": 2, "max_length": 384,
+                  "sizes": (2, 8, 64, 256)},
+    },
+}
+#: SST-2's train set has 67k rows: even the full budget uses a seeded subset.
+SST2_FULL_MAX_TRAIN = 10000

@@ -1,0 +1,111 @@
+"""The results page's building blocks: a Doc (the lines of one budget's page, and which cached results it
+used), the paper's numbers, and score formatting. The sections live in sections_glue.py and sections_tasks.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import run
+from runner import HERE, ROOT, Runner, load_cached, spec_key
+
+DOCS = ROOT / "docs"
+#: Budgets with a results page, the main one first: docs/results.md, then docs/results-<budget>.md.
+DOC_BUDGETS = ("standard", "quick")
+
+
+def doc_path(budget: str) -> Path:
+    return DOCS / ("results.md" if budget == DOC_BUDGETS[0] else f"results-{budget}.md")
+
+
+def plot_name(budget: str, stem: str) -> str:
+    return f"{stem}.png" if budget == DOC_BUDGETS[0] else f"{budget}-{stem}.png"
+
+
+def notes_path(budget: str) -> Path:
+    """Hand-written reading of a budget's results, appended to its page."""
+    return HERE / f"notes-{budget}.md"
+
+
+TASK_NAMES = {"glue/rte": "RTE", "glue/mrpc": "MRPC", "glue/stsb": "STS-B", "glue/cola": "CoLA",
+              "glue/sst2": "SST-2", "20newsgroups": "20 Newsgroups", "r8": "Reuters R8", "sms_spam": "SMS spam",
+              "trec": "TREC (6)", "rotten_tomatoes": "Rotten Tomatoes", "boolq": "BoolQ", "squad": "SQuAD v1.1"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1_accuracy": "F1", "mcc": "Matthews corr.",
+                "pearson_spearman": "Pearson", "squad": "F1"}
+PAPER_GLUE = {"full": 80.4, "adapter": 80.0, "adapter_pct": 3.6}
+PAPER_17 = {"full": 73.7, "adapter": 73.3, "adapter_pct": 1.14}
+PAPER_SQUAD = {"full": 90.7, "adapter": 90.4}
+
+
+def score(record: dict | None) -> float | None:
+    """A run's best validation main metric x 100 (None when missing or failed)."""
+    if record is None or "error" in record["result"]:
+        return None
+    return 100.0 * record["result"]["best"]["main"]
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def mean(xs: list[float | None]) -> float | None:
+    return None if not xs or any(x is None for x in xs) else sum(xs) / len(xs)
+
+
+def name(task: str) -> str:
+    return TASK_NAMES.get(task, task)
+
+
+def within_two(gaps: list[tuple[str, float]]) -> list[str]:
+    """The tasks whose adapters - full FT difference is -2 points or better (issue 3's per-task bar)."""
+    return [task for task, gap in gaps if gap >= -2.0]
+
+
+
+class Doc:
+    def __init__(self, budget: str):
+        self.R = Runner(budget, dry=True, log=lambda *a: None)
+        self.B = self.R.B
+        self.budget = budget
+        self.lines: list[str] = []
+        self.status: dict[str, tuple[int, int]] = {}  # experiment -> (cached, expected)
+        self.keys: dict[str, tuple[set, set]] = {}
+        self.plots: dict[str, object] = {}
+        self.seconds = 0.0
+        self.counted: set[str] = set()
+        self.speed: dict[str, list[float]] = {}  # method -> training examples/s of each run
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def need(self, exp: str, specs: list[dict]) -> list[dict | None]:
+        records = self.R.need(specs)
+        have, want = self.keys.setdefault(exp, (set(), set()))
+        want.update(spec_key(s) for s in specs)
+        have.update(r["key"] for r in records if r is not None)
+        self.status[exp] = (len(have), len(want))
+        for r in records:
+            if r is not None and r["key"] not in self.counted:
+                self.counted.add(r["key"])
+                self.seconds += r["result"].get("wall_seconds", 0.0)
+                if "error" not in r["result"]:
+                    self.speed.setdefault(r["spec"]["method"], []).append(r["result"]["examples_per_second"])
+        return records
+
+    def derived(self, exp: str, label: str, spec: dict) -> dict | None:
+        record = load_cached("derived", spec, label)
+        have, want = self.keys.setdefault(exp, (set(), set()))
+        want.add(label + spec_key(spec))
+        if record is not None:
+            have.add(label + spec_key(spec))
+        self.status[exp] = (len(have), len(want))
+        if record is not None and record["key"] + label not in self.counted:
+            self.counted.add(record["key"] + label)
+            self.seconds += record["result"].get("wall_seconds", 0.0)
+        return record
+
+
+def majority(d: Doc, task: str) -> str:
+    rec = d.derived("baselines", f"baseline-{task.replace('/', '-')}", run.baseline_key(d.R, task))
+    return fmt(100 * rec["result"]["main"]) if rec else "—"
