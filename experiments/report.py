@@ -26,7 +26,8 @@ def build(budget: str = DOC_BUDGETS[0]) -> Doc:
     tasks.table2(d)
     tasks.ablation(d)
     tasks.squad(d)
-    for section, exp in ((glue.pooler, "pooler"), (glue.seeds, "seeds"), (glue.longer, "longer"), (tasks.levers, "levers")):
+    for section, exp in ((glue.pooler, "pooler"), (glue.seeds, "seeds"), (glue.longer, "longer"), (tasks.levers, "levers"),
+                         (glue.mpnet, "mpnet")):
         if exp in runs:  # only some budgets have these
             section(d)
     tasks.status(d)

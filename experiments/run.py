@@ -305,6 +305,23 @@ def exp_seeds(R: Runner) -> None:
     R.need(seeds_specs(R))
 
 
+def mpnet_specs(R: Runner) -> list[dict]:
+    """The larger encoder, all-mpnet-base-v2 (12 x 768, 110 M), on ``mpnet_task``: full FT and size-64
+    adapters at the lrs Table 1 chose for MiniLM on that task (no grid: a run costs ~8x MiniLM's here).
+    Empty until those Table-1 runs exist."""
+    task = R.B["mpnet_task"]
+    chosen = [table1_choice(R, task, "full"), table1_choice(R, task, "adapter", 64)]
+    return [] if None in chosen else [{**c["spec"], "model": "mpnet"} for c in chosen]
+
+
+def exp_mpnet(R: Runner) -> None:
+    from adapterkit.models import resolve_model
+
+    R.log(f"mpnet: {R.B['mpnet_task']}")
+    resolve_model("mpnet")  # fetched once here, not by each worker at once
+    R.need(mpnet_specs(R))
+
+
 #: Priority order (the brief's): what runs first when time is short.
 EXPERIMENTS = {
     "table1": exp_table1,
@@ -320,13 +337,15 @@ EXPERIMENTS = {
     "longer": exp_longer,
     "pooler": exp_pooler,
     "seeds": exp_seeds,
+    "mpnet": exp_mpnet,
 }
 
 
 def experiments_of(budget: str) -> list[str]:
     """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
     skip = BUDGETS[budget].get("skip", ())
-    defined_by = {"levers": "levers_task", "longer": "longer_task", "pooler": "pooler", "seeds": "seeds_task"}  # only some budgets have these
+    defined_by = {"levers": "levers_task", "longer": "longer_task", "pooler": "pooler", "seeds": "seeds_task",
+                  "mpnet": "mpnet_task"}  # only some budgets have these
     return [e for e in EXPERIMENTS
             if e not in skip and (e not in defined_by or defined_by[e] in BUDGETS[budget])]
 

@@ -31,6 +31,8 @@ def spec_key(spec: dict) -> str:
 
 def label_of(spec: dict) -> str:
     parts = [spec["task"].replace("/", "-"), spec["method"]]
+    if spec.get("model", "minilm") != "minilm":
+        parts.insert(0, spec["model"])
     if spec["method"] == "adapter":
         parts.append(f"m{spec['adapter_size']}")
     if spec["method"] == "top-k":

@@ -357,3 +357,26 @@ def longer(d: Doc) -> None:
         d.add(f"| {m} | {size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} epochs | {fmt(score(r))} | "
               f"{fmt(score(r) - score(chosen['full FT'])) if m != 'full FT' else ''} |")
     d.add("")
+
+
+def mpnet(d: Doc) -> None:
+    """The larger encoder against MiniLM on one task, same data and lrs."""
+    specs = run.mpnet_specs(d.R)
+    recs = d.need("mpnet", specs)
+    task = d.B["mpnet_task"]
+    d.add(f"## A larger encoder: MPNet-base on {name(task)}", "",
+          "all-mpnet-base-v2 (MPNet, 12 layers x 768, 110 M parameters; like MiniLM a sentence-transformers "
+          "checkpoint), trained with the same data, epochs and learning rates Table 1 chose for MiniLM on this task "
+          "(no grid of its own: one run costs several times MiniLM's here). MPNet's classification head has its own "
+          "dense + tanh layer (no BERT pooler), so its adapters' heads train that layer.", "",
+          "| model | method | trained % | score | adapters - full |", "|---|---|---|---|---|")
+    minilm = [run.table1_choice(d.R, task, "full"), run.table1_choice(d.R, task, "adapter", 64)]
+    for model, pair in (("MiniLM-L6 (Table 1)", minilm), ("MPNet-base", recs if specs else [None, None])):
+        for method, r in zip(("full FT", "adapters (64)"), pair):
+            if r is None or "error" in r["result"]:
+                d.add(f"| {model} | {method} | | {'not run' if r is None else 'failed'} | |")
+                continue
+            gap = score(r) - score(pair[0]) if method != "full FT" and pair[0] is not None else None
+            d.add(f"| {model} | {method}, lr {r['spec']['lr']:g} | {r['result']['trainable_pct']:.2f}% | "
+                  f"{fmt(score(r))} | {fmt(gap) if gap is not None else ''} |")
+    d.add("")
