@@ -30,7 +30,7 @@ BUDGETS = {
                    "top-k 1e-4 (3e-5 did not leave the majority class in ~100 steps on MRPC, 3e-4 collapsed on "
                    "STS-B) (sequential full FT too)",
         "machine": "one torch thread per process (3x faster than two on this oversubscribed machine)",
-        "squad": {"max_train": 600, "max_validation": 300, "epochs": 1, "max_length": 256,
+        "squad": {"max_train": 600, "max_validation": 300, "epochs": 1, "max_length": 256, "doc_stride": 64,
                   "sizes": (2, 8, 64, 256)},
     },
     # standard = what one session on an idle 2-core machine affords (a few hours): the four small GLUE tasks
@@ -56,7 +56,7 @@ BUDGETS = {
         "lr_note": "adapters 1e-3 (adapterkit's default), LN-only 3e-3, head-only 3e-2 (a new head alone needs "
                    "a large lr), full FT and top-k 1e-4 (sequential full FT too)",
         "machine": "two runs at a time (`--jobs 2`), one torch thread each, on an otherwise idle 2-core machine",
-        "squad": {"max_train": 2000, "max_validation": 1000, "epochs": 2, "max_length": 256,
+        "squad": {"max_train": 2000, "max_validation": 1000, "epochs": 2, "max_length": 256, "doc_stride": 64,
                   "sizes": (2, 8, 64, 256)},
     },
     "full": {
@@ -70,7 +70,7 @@ BUDGETS = {
         "table2_tasks": TABLE2_TASKS, "table2_topk": 2,
         "ablation_task": "rotten_tomatoes", "init_stds": (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
         "larger_max_train": None,
-        "squad": {"max_train": 4000, "max_validation": 1500, "epochs": 2, "max_length": 384,
+        "squad": {"max_train": 4000, "max_validation": 1500, "epochs": 2, "max_length": 384, "doc_stride": 128,
                   "sizes": (2, 8, 64, 256)},
     },
 }

@@ -228,6 +228,7 @@ def squad_specs(R: Runner) -> list[dict]:
     lrs = {m: default_lr(R, m) for m in ("adapter", "full")}
     base = {"model": "minilm", "task": "squad", "epochs": S["epochs"], "batch_size": R.B["batch_size"],
             "max_train": S["max_train"], "max_validation": S["max_validation"], "max_length": S["max_length"],
+            "doc_stride": S["doc_stride"],
             "seed": R.B["seed"]}
     specs = [{**base, "method": "adapter", "adapter_size": s, "lr": lrs["adapter"]} for s in S["sizes"]]
     return specs + [{**base, "method": "full", "lr": lrs["full"]}]

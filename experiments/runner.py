@@ -149,6 +149,7 @@ def _train_locked(spec: dict, out: Path) -> dict:
                          adapter_size=spec.get("adapter_size", 64), top_layers=spec.get("top_layers", 2),
                          init_std=spec.get("init_std", 1e-3), adapter_layers=spec.get("adapter_layers"),
                          bf16=spec.get("bf16", False), train_pooler=spec.get("train_pooler", False),
+                         doc_stride=spec.get("doc_stride", 128),
                          lr=spec["lr"], epochs=spec["epochs"],
                          batch_size=spec["batch_size"], max_length=spec["max_length"], max_train=spec["max_train"],
                          max_validation=spec["max_validation"], seed=spec["seed"], data=data_options(spec["task"]),

@@ -162,7 +162,7 @@ def squad(d: Doc) -> None:
     specs = run.squad_specs(d.R)
     recs = d.need("squad", specs)
     d.add(f"Budget: {S['max_train']} training questions, {S['max_validation']} evaluation questions, "
-          f"{S['epochs']} epoch(s), max length {S['max_length']} (stride 128).", "",
+          f"{S['epochs']} epoch(s), max length {S['max_length']} (windows overlapping by {S['doc_stride']} tokens).", "",
           "| method | trained % | F1 | EM |", "|---|---|---|---|")
     for spec, r in zip(specs, recs):
         label = f"adapters m={spec['adapter_size']}" if spec["method"] == "adapter" else "full FT"
