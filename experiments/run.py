@@ -259,9 +259,37 @@ def longer_specs(R: Runner) -> list[dict]:
     return specs + ([{**full["spec"], "epochs": epochs}] if full else [])
 
 
+def longer_choices(R: Runner) -> dict[str, dict] | None:
+    """Per method (full FT, adapters with the frozen pooler, with their own pooler), the best on validation of
+    its 3-epoch choice (Table 1, the pooler grid) and its ``longer_epochs`` runs: epochs chosen like lr and size.
+    None until all of those have run."""
+    task, specs = R.B["longer_task"], longer_specs(R)
+    records = R.need(specs)
+    if any(r is None for r in records):
+        return None
+    groups = {"full FT": (table1_choice(R, task, "full"), lambda s: s["method"] == "full"),
+              "adapters, frozen pooler": (table1_choice(R, task, "adapter"),
+                                          lambda s: s["method"] == "adapter" and not s.get("train_pooler")),
+              "adapters, own pooler": (table1_choice(R, task, "adapter", train_pooler=True),
+                                       lambda s: bool(s.get("train_pooler")))}
+    if any(short is None for short, _ in groups.values()):
+        return None
+    return {m: best_of([short, *(r for s, r in zip(specs, records) if belongs(s))])
+            for m, (short, belongs) in groups.items()}
+
+
+def longer_seed_specs(R: Runner) -> list[dict]:
+    """Each method's chosen configuration (longer_choices) again at the budget's ``extra_seeds``: does the
+    comparison hold over three seeds? (Full FT's 3-epoch choice at those seeds is the seeds experiment's.)"""
+    choices = longer_choices(R)
+    return [] if choices is None else [{**c["spec"], "seed": s} for c in choices.values() for s in R.B["extra_seeds"]]
+
+
 def exp_longer(R: Runner) -> None:
     R.log(f"longer: {R.B['longer_task']} for {R.B['longer_epochs']} epochs")
     R.need(longer_specs(R))
+    R.log("longer: the chosen configurations at more seeds")
+    R.need(longer_seed_specs(R))
 
 
 def exp_squad(R: Runner) -> None:

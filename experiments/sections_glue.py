@@ -339,23 +339,26 @@ def longer(d: Doc) -> None:
         res = r["result"]
         curve = " ".join(fmt(100 * e["main"]) for e in res["epochs"])
         d.add(f"| {label(spec)} | {res['trainable_pct']:.2f}% | {curve} | **{fmt(score(r))}** (epoch {res['best']['epoch']}) |")
-    short = {"full FT": run.table1_choice(d.R, task, "full"),
-             "adapters, frozen pooler": run.table1_choice(d.R, task, "adapter"),
-             "adapters, own pooler": run.table1_choice(d.R, task, "adapter", train_pooler=True)}
-    long = {"full FT": [r for s, r in zip(specs, recs) if s["method"] == "full"],
-            "adapters, frozen pooler": [r for s, r in zip(specs, recs) if s["method"] == "adapter" and not s.get("train_pooler")],
-            "adapters, own pooler": [r for s, r in zip(specs, recs) if s.get("train_pooler")]}
-    if any(r is None for r in recs) or any(r is None for r in short.values()):
+    chosen = run.longer_choices(d.R)
+    if chosen is None:
         d.add("")
         return
-    chosen = {m: run.best_of([short[m], *long[m]]) for m in short}
+    seed_specs = run.longer_seed_specs(d.R)
+    seeded = dict(zip((spec_key(s) for s in seed_specs), d.need("longer", seed_specs)))
+    seeds = d.B["extra_seeds"]
     d.add("", f"Epochs chosen on validation from {{{d.B['epochs']}, {epochs}}} for every method (with Table 1's and the "
-          "pooler section's lr and size choices at 3 epochs):", "",
-          "| method | chosen | score | minus full FT |", "|---|---|---|---|")
+          f"pooler section's lr and size choices at 3 epochs), then that configuration at seeds {', '.join(map(str, seeds))} "
+          "too:", "",
+          f"| method | chosen | seed {d.B['seed']} | " + " | ".join(f"seed {s}" for s in seeds)
+          + " | mean | mean minus full FT |", "|---|---|---|" + "---|" * (len(seeds) + 2))
+    means = {}
     for m, r in chosen.items():
+        xs = [score(r)] + [score(seeded.get(spec_key({**r["spec"], "seed": s}))) for s in seeds]
+        means[m] = mean(xs)
         size = f"m={r['spec']['adapter_size']}, " if "adapter_size" in r["spec"] else ""
-        d.add(f"| {m} | {size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} epochs | {fmt(score(r))} | "
-              f"{fmt(score(r) - score(chosen['full FT'])) if m != 'full FT' else ''} |")
+        gap = (fmt(means[m] - means["full FT"]) if m != "full FT" and None not in (means[m], means["full FT"]) else "")
+        d.add(f"| {m} | {size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} epochs | "
+              + " | ".join(fmt(x) if x is not None else "not run" for x in xs) + f" | {fmt(means[m])} | {gap} |")
     d.add("")
 
 
