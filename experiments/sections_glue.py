@@ -359,6 +359,18 @@ def longer(d: Doc) -> None:
         gap = (fmt(means[m] - means["full FT"]) if m != "full FT" and None not in (means[m], means["full FT"]) else "")
         d.add(f"| {m} | {size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} epochs | "
               + " | ".join(fmt(x) if x is not None else "not run" for x in xs) + f" | {fmt(means[m])} | {gap} |")
+    # Table 1's mean with this task's epoch-chosen scores in place of its 3-epoch ones (seed 42, as Table 1)
+    others = [t for t in list(d.B["table1_tasks"]) + list(d.B["table1_late"]) if t != task]
+    rest = {m: [score(run.table1_choice(d.R, t, "full" if m == "full FT" else "adapter")) for t in others]
+            for m in ("full FT", "adapters, frozen pooler")}
+    if all(x is not None for xs in rest.values() for x in xs):
+        n = len(others) + 1
+        full_mean = mean(rest["full FT"] + [score(chosen["full FT"])])
+        cells = [f"{m} {fmt(mean(rest['adapters, frozen pooler'] + [score(chosen[m])]))}"
+                 for m in ("adapters, frozen pooler", "adapters, own pooler")]
+        d.add("", f"Table 1's {n}-task mean (seed {d.B['seed']}) with {name(task)}'s epoch-chosen scores in place of its "
+              f"3-epoch ones (the other tasks as in Table 1): full FT {fmt(full_mean)}, " + ", ".join(cells)
+              + f" ({name(task)} alone with its own pooler; the others keep Table 1's adapters).")
     d.add("")
 
 
