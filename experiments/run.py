@@ -278,10 +278,9 @@ def longer_choices(R: Runner) -> dict[str, dict] | None:
             for m, (short, belongs) in groups.items()}
 
 
-def longer_seed_specs(R: Runner) -> list[dict]:
-    """Each method's chosen configuration (longer_choices) again at the budget's ``extra_seeds``: does the
+def longer_seed_specs(R: Runner, choices: dict[str, dict] | None) -> list[dict]:
+    """Each method's chosen configuration (``longer_choices``) again at the budget's ``extra_seeds``: does the
     comparison hold over three seeds? (Full FT's 3-epoch choice at those seeds is the seeds experiment's.)"""
-    choices = longer_choices(R)
     return [] if choices is None else [{**c["spec"], "seed": s} for c in choices.values() for s in R.B["extra_seeds"]]
 
 
@@ -289,7 +288,7 @@ def exp_longer(R: Runner) -> None:
     R.log(f"longer: {R.B['longer_task']} for {R.B['longer_epochs']} epochs")
     R.need(longer_specs(R))
     R.log("longer: the chosen configurations at more seeds")
-    R.need(longer_seed_specs(R))
+    R.need(longer_seed_specs(R, longer_choices(R)))
 
 
 def exp_squad(R: Runner) -> None:

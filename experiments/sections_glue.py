@@ -139,7 +139,8 @@ def table1(d: Doc) -> None:
               + (f", but {len(flat)} of the {n} tasks sit at the majority-class level for both methods, so at "
                  "this budget the means are not evidence for or against the paper's claim." if len(flat) * 2 >= n
                  else "."), "")
-        if (chosen := epoch_chosen_means(d)) is not None:
+        longer_chosen = run.longer_choices(d.R) if "longer_task" in B else None
+        if (chosen := epoch_chosen_means(d, longer_chosen)) is not None:
             n_, full_, frozen_, own_ = chosen
             d.add(f"With {name(d.B['longer_task'])}'s epochs chosen on validation from {{{B['epochs']}, "
                   f"{B['longer_epochs']}}} for every method (the paper chooses from {{3, 20}}; section \"Longer "
@@ -351,7 +352,7 @@ def longer(d: Doc) -> None:
     if chosen is None:
         d.add("")
         return
-    seed_specs = run.longer_seed_specs(d.R)
+    seed_specs = run.longer_seed_specs(d.R, chosen)
     seeded = dict(zip((spec_key(s) for s in seed_specs), d.need("longer", seed_specs)))
     seeds = d.B["extra_seeds"]
     d.add("", f"Epochs chosen on validation from {{{d.B['epochs']}, {epochs}}} for every method (with Table 1's and the "
@@ -367,7 +368,7 @@ def longer(d: Doc) -> None:
         gap = (fmt(means[m] - means["full FT"]) if m != "full FT" and None not in (means[m], means["full FT"]) else "")
         d.add(f"| {m} | {size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} epochs | "
               + " | ".join(fmt(x) if x is not None else "not run" for x in xs) + f" | {fmt(means[m])} | {gap} |")
-    means = epoch_chosen_means(d)
+    means = epoch_chosen_means(d, chosen)
     if means is not None:
         n, full_mean, frozen, own = means
         d.add("", f"Table 1's {n}-task mean (seed {d.B['seed']}) with {name(task)}'s epoch-chosen scores in place of its "
@@ -377,10 +378,10 @@ def longer(d: Doc) -> None:
     d.add("")
 
 
-def epoch_chosen_means(d: Doc) -> tuple[int, float, float, float] | None:
+def epoch_chosen_means(d: Doc, chosen: dict[str, dict] | None) -> tuple[int, float, float, float] | None:
     """Table 1's mean (tasks, full FT, adapters, adapters with the own pooler on the longer task) with the longer
-    task's epoch-chosen scores in place of its 3-epoch ones; None until those ran."""
-    if "longer_task" not in d.B or (chosen := run.longer_choices(d.R)) is None:
+    task's epoch-chosen scores (``run.longer_choices``) in place of its 3-epoch ones; None until those ran."""
+    if chosen is None:
         return None
     task = d.B["longer_task"]
     others = [t for t in list(d.B["table1_tasks"]) + list(d.B["table1_late"]) if t != task]
