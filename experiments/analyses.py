@@ -55,6 +55,20 @@ def pooler_stats() -> dict:
             "query_weight_std": float(model.encoder.layer[0].attention.self.query.weight.std())}
 
 
+def up_projections(model) -> list[tuple]:
+    """(layer index, parameter) for the weight and bias of every bottleneck's up-projection, found through the
+    adapter holders (the protocol) in each layer of the model's layer stack."""
+    from adapterkit.architectures import detect, layer_lists
+    from adapterkit.model import adapter_modules
+
+    found = []
+    for i, layer in enumerate(layer_lists(model, detect(model))[0]):
+        for _, holder in adapter_modules(layer):
+            if holder.role == "adapter":
+                found += [(i, p) for bottleneck in holder.adapters.values() for p in bottleneck.up.parameters()]
+    return found
+
+
 def ablation_spans(spec: dict, recorded: float) -> dict:
     """Every contiguous span of layers i..j: the score with the trained adapters of those layers removed."""
     import torch
@@ -65,25 +79,22 @@ def ablation_spans(spec: dict, recorded: float) -> dict:
     trained = load_trained(ensure_trained(spec) / "adapter")
     model, tok = trained.model, trained.tokenizer
     task = task_data(spec)
-    ups = [(n, p) for n, p in model.named_parameters() if ".adapters." in n and ".up." in n]
-    original = {n: p.detach().clone() for n, p in ups}
+    ups = up_projections(model)
+    original = [p.detach().clone() for _, p in ups]
     n_layers = model.config.num_hidden_layers
-
-    def layer_of(name: str) -> int:
-        return int(name.split("encoder.layer.")[1].split(".")[0])
 
     full = evaluate(model, tok, spec, task)["main"]
     spans = {}
     for i in range(n_layers):
         for j in range(i, n_layers):
             with torch.no_grad():
-                for n, p in ups:
-                    if i <= layer_of(n) <= j:
+                for layer, p in ups:
+                    if i <= layer <= j:
                         p.zero_()  # the adapter's output is 0: it becomes the identity
             spans[f"{i}-{j}"] = evaluate(model, tok, spec, task)["main"]
             with torch.no_grad():
-                for n, p in ups:
-                    p.copy_(original[n])
+                for (_, p), saved in zip(ups, original):
+                    p.copy_(saved)
     ak.set_active(model, None)
     return {"task": spec["task"], "metric": task.metric, "layers": n_layers, "trained": full,
             "recorded": recorded, "spans": spans,
