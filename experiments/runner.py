@@ -231,10 +231,10 @@ class Runner:
         return [records[i] for i in range(len(specs))]
 
     def _finish(self, spec: dict, summary: dict) -> dict:
-        self.trained += 1
         cached = load_cached("train", spec, label_of(spec))
         if cached is not None:  # another runner process trained it while this one waited on its lock
             return cached
+        self.trained += 1
         record = store("train", spec, label_of(spec), summary)
         if "error" in summary:
             self.log(f"    {label_of(spec)}: FAILED {summary['error'][:200]}")
