@@ -64,7 +64,7 @@ class Bench:
         if method == "adapterkit":
             import adapterkit as ak
 
-            cfg = ak.AdapterConfig(size=spec["size"], layers=tuple(spec["layers"]) if spec.get("layers") else None,
+            cfg = ak.AdapterConfig(size=spec["size"], activation="gelu", layers=tuple(spec["layers"]) if spec.get("layers") else None,
                                    train_layer_norms=spec.get("train_layer_norms", True))
             ak.add_adapter(model, "task", cfg, head=2)
             if mode == "train":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import run
 import sections_glue as glue
+import sections_recipe
 import sections_tasks as tasks
 from doc import DOC_BUDGETS, DOCS, Doc, doc_path, name, notes_path  # noqa: F401  (the tests read these here)
 
@@ -27,7 +28,7 @@ def build(budget: str = DOC_BUDGETS[0]) -> Doc:
     tasks.ablation(d)
     tasks.squad(d)
     for section, exp in ((glue.pooler, "pooler"), (glue.seeds, "seeds"), (glue.longer, "longer"), (tasks.levers, "levers"),
-                         (glue.mpnet, "mpnet")):
+                         (glue.mpnet, "mpnet"), (sections_recipe.recipe, "recipe")):
         if exp in runs:  # only some budgets have these
             section(d)
     tasks.status(d)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # budgets, runner, ana
 
 import analyses  # noqa: E402
 from budgets import BUDGETS, PAPER_LRS  # noqa: E402
-from runner import Runner, spec_key, train_spec  # noqa: E402
+from runner import Runner, spec_key, train_spec  # noqa: E402,F401  (spec_key: the report reads it here)
 
 
 # ----------------------------------------------------------------------------------------- experiments
@@ -350,6 +350,27 @@ def exp_mpnet(R: Runner) -> None:
     R.need(mpnet_specs(R))
 
 
+RECIPE = 2  # adapterkit's recipe since issue 12: the adapter reads the sublayer's dropout output, tanh GELU
+
+
+def recipe_specs(R: Runner) -> list[dict]:
+    """Issue 12's recipe search on the tasks where the old default fell below head-only (R8, 20 Newsgroups):
+    size-64 adapters at the budget's adapter lr with the paper's order (recipe 2), the head at its own lr
+    (``head_lr``; None: the adapters' lr). Ordered by what is most likely to matter, so a short session gets
+    the informative runs first."""
+    out = []
+    for head_lr in R.B["recipe_head_lrs"]:
+        for task in R.B["recipe_tasks"]:
+            extra = {"recipe": RECIPE, **({"head_lr": head_lr} if head_lr else {})}
+            out.append(train_spec(R.B, task, "adapter", default_lr(R, "adapter"), 64, **extra))
+    return out
+
+
+def exp_recipe(R: Runner) -> None:
+    R.log(f"recipe: {', '.join(R.B['recipe_tasks'])}")
+    R.need(recipe_specs(R))
+
+
 #: Priority order (the brief's): what runs first when time is short.
 EXPERIMENTS = {
     "table1": exp_table1,
@@ -366,6 +387,7 @@ EXPERIMENTS = {
     "pooler": exp_pooler,
     "seeds": exp_seeds,
     "mpnet": exp_mpnet,
+    "recipe": exp_recipe,
 }
 
 
@@ -373,7 +395,7 @@ def experiments_of(budget: str) -> list[str]:
     """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
     skip = BUDGETS[budget].get("skip", ())
     defined_by = {"levers": "levers_task", "longer": "longer_task", "pooler": "pooler", "seeds": "seeds_task",
-                  "mpnet": "mpnet_task"}  # only some budgets have these
+                  "mpnet": "mpnet_task", "recipe": "recipe_tasks"}  # only some budgets have these
     return [e for e in EXPERIMENTS
             if e not in skip and (e not in defined_by or defined_by[e] in BUDGETS[budget])]
 

@@ -5,6 +5,12 @@ alternatives (the first that exists wins) because transformers renames modules b
 (ViT: ``attention.output.dense`` in 4.x, ``attention.o_proj`` in 5.x). ``layers`` is matched against the
 end of a module name, so ``encoder.layer`` finds ``bert.encoder.layer`` and ``encoder.layer`` alike; the
 other paths are relative to one layer. Adding an architecture = one entry in ``PRESETS``.
+
+Where a sublayer applies dropout right after its output projection (BERT: dense -> dropout -> LayerNorm(. + x)),
+the entry names that dropout and serial adapters read ITS output, as adapter-bert (``modeling.py``: dense ->
+dropout -> adapter -> layer_norm(out + input)) and AdapterHub do: ``LN(x + drop(h) + f(drop(h)))``. Without it
+the adapter sits on the projection: ``LN(x + drop(h + f(h)))``. In eval mode dropout is the identity and both
+orders give the same outputs bit for bit.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ class Stack:
     attention_input: str  # module whose input is the attention sublayer's input (parallel adapters)
     ffn_input: str  # module whose input is the FFN sublayer's input
     layer_norms: tuple[str, ...]  # the layer's norms: each adapter trains its own copies
+    # The dropout applied right after attention_output / ffn_output (None: there is none, or it is not a module
+    # of its own, e.g. ViT in transformers 5 shares one dropout between both sublayers). Serial adapters read
+    # its output, the paper's order.
+    attention_dropout: str | None = None
+    ffn_dropout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,9 @@ class ArchitectureSpec:
     # [CLS]); HeadConfig(train_pooler=True) gives an adapter's head its own trainable copy of it.
     # RoBERTa, ELECTRA, MPNet... have that dense layer inside ``head`` already.
     pooler: str | None = None
+    # The embeddings' layer norm (suffix of a module name), which adapter-bert also trains:
+    # AdapterConfig(train_embedding_norm=True) gives each adapter its own copy of it.
+    embedding_norm: str | None = None
 
 
 _BERT = Stack(
@@ -47,6 +61,8 @@ _BERT = Stack(
     attention_input="attention",
     ffn_input="intermediate",
     layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+    attention_dropout="attention.output.dropout",
+    ffn_dropout="output.dropout",
 )
 _LLAMA = Stack(
     layers="layers",
@@ -57,31 +73,41 @@ _LLAMA = Stack(
     layer_norms=("input_layernorm", "post_attention_layernorm"),
 )
 
+_EMBEDDING_NORM = "embeddings.LayerNorm"
+
 PRESETS: dict[str, ArchitectureSpec] = {
-    "bert": ArchitectureSpec((_BERT,), pooler="bert.pooler"),
-    "roberta": ArchitectureSpec((_BERT,)),
-    "xlm-roberta": ArchitectureSpec((_BERT,)),
-    "electra": ArchitectureSpec((_BERT,)),
-    "deberta-v2": ArchitectureSpec((_BERT,), head=("pooler", "classifier|qa_outputs")),
-    "distilbert": ArchitectureSpec(
-        (Stack("transformer.layer", "attention.out_lin", "ffn.lin2", "attention", "ffn", ("sa_layer_norm", "output_layer_norm")),),
-        head=("pre_classifier", "classifier|qa_outputs"),
+    "bert": ArchitectureSpec((_BERT,), pooler="bert.pooler", embedding_norm=_EMBEDDING_NORM),
+    "roberta": ArchitectureSpec((_BERT,), embedding_norm=_EMBEDDING_NORM),
+    "xlm-roberta": ArchitectureSpec((_BERT,), embedding_norm=_EMBEDDING_NORM),
+    "electra": ArchitectureSpec((_BERT,), embedding_norm=_EMBEDDING_NORM),
+    "deberta-v2": ArchitectureSpec((_BERT,), head=("pooler", "classifier|qa_outputs"), embedding_norm=_EMBEDDING_NORM),
+    "distilbert": ArchitectureSpec(  # its attention has no dropout after out_lin
+        (Stack("transformer.layer", "attention.out_lin", "ffn.lin2", "attention", "ffn", ("sa_layer_norm", "output_layer_norm"),
+               ffn_dropout="ffn.dropout"),),
+        head=("pre_classifier", "classifier|qa_outputs"), embedding_norm=_EMBEDDING_NORM,
     ),
     "mpnet": ArchitectureSpec(
-        (Stack("encoder.layer", "attention.attn.o", "output.dense", "attention.attn", "intermediate", ("attention.LayerNorm", "output.LayerNorm")),),
+        (Stack("encoder.layer", "attention.attn.o", "output.dense", "attention.attn", "intermediate", ("attention.LayerNorm", "output.LayerNorm"),
+               attention_dropout="attention.dropout", ffn_dropout="output.dropout"),),
+        embedding_norm=_EMBEDDING_NORM,
     ),
-    "gpt2": ArchitectureSpec((Stack("h", "attn.c_proj", "mlp.c_proj", "attn", "mlp", ("ln_1", "ln_2")),)),
+    "gpt2": ArchitectureSpec((Stack("h", "attn.c_proj", "mlp.c_proj", "attn", "mlp", ("ln_1", "ln_2"),
+                                    attention_dropout="attn.resid_dropout", ffn_dropout="mlp.dropout"),)),
     "llama": ArchitectureSpec((_LLAMA,)),
     "mistral": ArchitectureSpec((_LLAMA,)),
     "qwen2": ArchitectureSpec((_LLAMA,)),
     "t5": ArchitectureSpec(
         (
             Stack("encoder.block", "layer.0.SelfAttention.o", "layer.1.DenseReluDense.wo", "layer.0.SelfAttention",
-                  "layer.1.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm")),
+                  "layer.1.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm"),
+                  attention_dropout="layer.0.dropout", ffn_dropout="layer.1.dropout"),
             Stack("decoder.block", "layer.0.SelfAttention.o", "layer.2.DenseReluDense.wo", "layer.0.SelfAttention",
-                  "layer.2.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm", "layer.2.layer_norm")),
+                  "layer.2.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm", "layer.2.layer_norm"),
+                  attention_dropout="layer.0.dropout", ffn_dropout="layer.2.dropout"),
         ),
     ),
+    # ViT: transformers 5 applies ONE dropout module after both sublayers, so the adapters stay on the
+    # projections (ViT's hidden dropout defaults to 0.0, where the two orders are the same).
     "vit": ArchitectureSpec(
         (Stack("encoder.layer|layers", "attention.output.dense|attention.o_proj", "output.dense|mlp.fc2", "attention",
                "intermediate|mlp", ("layernorm_before", "layernorm_after")),),
@@ -98,6 +124,8 @@ class LayerSites:
     attention_input: nn.Module
     ffn_input: nn.Module
     layer_norms: list[nn.Module]
+    attention_site: nn.Module  # whose output serial adapters rewrite: the dropout after the projection, else it
+    ffn_site: nn.Module
 
 
 def _get(root: nn.Module, alternatives: str) -> nn.Module | None:
@@ -135,6 +163,11 @@ def resolve(model: nn.Module, spec: ArchitectureSpec) -> list[LayerSites]:
             norms = [_get(layer, path) for path in stack.layer_norms]
             if any(n is None for n in norms):
                 raise ArchitectureError(f"layer {i} of {stack.layers!r} lacks a layer norm among {stack.layer_norms}")
+            for sublayer in ("attention", "ffn"):
+                path = getattr(stack, f"{sublayer}_dropout")
+                found[f"{sublayer}_site"] = _get(layer, path) if path else found[f"{sublayer}_output"]
+                if found[f"{sublayer}_site"] is None:
+                    raise ArchitectureError(f"layer {i} of {stack.layers!r} has no module {path!r} ({sublayer}_dropout)")
             sites.append(LayerSites(layer_norms=norms, **found))
     return sites
 
@@ -155,6 +188,14 @@ def head_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
 def pooler_module(model: nn.Module, spec: ArchitectureSpec) -> nn.Module | None:
     """The pretrained pooler the head reads (``spec.pooler``), if the model has one."""
     return _get(model, spec.pooler) if spec.pooler else None
+
+
+def embedding_norm_module(model: nn.Module, spec: ArchitectureSpec) -> nn.Module | None:
+    """The embeddings' layer norm (``spec.embedding_norm``, matched against the end of module names)."""
+    if spec.embedding_norm is None:
+        return None
+    found = [m for n, m in model.named_modules() if n == spec.embedding_norm or n.endswith("." + spec.embedding_norm)]
+    return found[0] if len(found) == 1 else None
 
 
 def detect(model: nn.Module) -> ArchitectureSpec:
@@ -185,4 +226,4 @@ def _candidates(model: nn.Module, limit: int = 12) -> list[str]:
     return names[:limit]
 
 
-__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "head_modules", "layer_lists", "pooler_module", "resolve"]
+__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "embedding_norm_module", "head_modules", "layer_lists", "pooler_module", "resolve"]

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 _ACTIVATIONS = {
-    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),  # adapter-bert's (BERT's original) GELU
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),  # transformers' other name for it
+    "gelu": nn.GELU,  # exact (erf)
     "relu": nn.ReLU,
     "swish": nn.SiLU,
     "silu": nn.SiLU,
@@ -27,7 +29,7 @@ class Bottleneck(nn.Module):
     """down d->m, activation, up m->d. ``forward`` returns the residual branch only: the caller adds it
     (to the same input for serial placement, to another sublayer's output for parallel placement)."""
 
-    def __init__(self, hidden_size: int, bottleneck_size: int, activation: str = "gelu", init_std: float = 1e-3):
+    def __init__(self, hidden_size: int, bottleneck_size: int, activation: str = "gelu_new", init_std: float = 1e-3):
         super().__init__()
         self.down = nn.Linear(hidden_size, bottleneck_size)
         self.act = _ACTIVATIONS[activation]()

@@ -133,7 +133,10 @@ def train(
     top_layers: Annotated[int, typer.Option(help="K for --method top-k")] = 2,
     train_pooler: Annotated[bool, typer.Option(
         help="adapter/ln/head: train the head's own copy of a BERT-style pooler (default: the model's, frozen)")] = False,
+    train_embedding_norm: Annotated[bool, typer.Option(
+        help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")] = False,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
+    head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: --lr)")] = None,
     epochs: int = 3,
     batch_size: Annotated[int, typer.Option(help="global batch size (over all processes)")] = 32,
     eval_batch_size: int = 64,
@@ -162,7 +165,7 @@ def train(
     layers = None if adapter_layers is None else tuple(_ints(adapter_layers, "--adapter-layers"))
     config = TrainConfig(output=output, model=model, task=task, method=method, adapter_size=adapter_size,
                          placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers,
-                         train_pooler=train_pooler, lr=lr,
+                         train_pooler=train_pooler, train_embedding_norm=train_embedding_norm, lr=lr, head_lr=head_lr,
                          epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                          doc_stride=doc_stride, max_train=max_train, max_validation=max_validation, seed=seed,
                          warmup=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, data=data,

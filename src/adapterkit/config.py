@@ -1,7 +1,7 @@
 """AdapterConfig: everything that defines one adapter, as a frozen dataclass with a JSON round-trip.
 
 Defaults follow adapter-bert (Houlsby et al. 2019, https://github.com/google-research/adapter-bert):
-bottleneck size 64, GELU, truncated-normal init with a small std so the adapter starts near identity,
+bottleneck size 64, GELU (BERT's tanh approximation, ``gelu_new``), truncated-normal init with a small std so the adapter starts near identity,
 two adapters per layer, layer norms trained.
 """
 
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
-ACTIVATIONS = ("gelu", "relu", "swish", "silu", "tanh", "identity")
+# gelu_new = gelu_pytorch_tanh: the tanh approximation adapter-bert (and BERT's original code) uses; gelu: exact.
+ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "swish", "silu", "tanh", "identity")
 
 
 class AdapterConfigError(ValueError):
@@ -26,7 +27,7 @@ class AdapterConfig:
 
     size:              bottleneck width m. Give this or ``reduction_factor``; neither means 64.
     reduction_factor:  m = hidden_size / reduction_factor (rounded, at least 1).
-    activation:        nonlinearity between the down- and up-projection.
+    activation:        nonlinearity between the down- and up-projection (``gelu_new``: adapter-bert's tanh GELU).
     init_std:          std of the truncated-normal init of both projections (cut at 2 std);
                        0 makes the adapter an exact identity at start. The paper (Figure 6) finds
                        stds up to ~1e-2 equally good and larger ones worse: above 1e-2 the adapter
@@ -39,16 +40,18 @@ class AdapterConfig:
     layers:            layer indices that get adapters (None: all). Counting runs over every layer stack
                        of the model in order (T5: encoder blocks, then decoder blocks).
     train_layer_norms: give the adapter its own copies of the layer norms, trained with it (as in the paper).
+    train_embedding_norm: also a copy of the embeddings' layer norm (adapter-bert trains it too).
     """
 
     size: int | None = None
     reduction_factor: float | None = None
-    activation: str = "gelu"
+    activation: str = "gelu_new"
     init_std: float = 1e-3
     placement: str = "houlsby"
     scaling: float = 1.0
     layers: tuple[int, ...] | None = None
     train_layer_norms: bool = True
+    train_embedding_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.size is not None and self.reduction_factor is not None:

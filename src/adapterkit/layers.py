@@ -3,7 +3,8 @@
 Nothing in the user's model is replaced, subclassed or copied. Each adapted module gets a child named
 ``adapters`` (an :class:`AdapterModule`) and a forward hook that rewrites the module's output:
 
-* :class:`BottleneckLayer` on a sublayer's output projection (attention out, FFN out):
+* :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out; after the dropout that follows the
+  output projection where the model has one, as in adapter-bert):
       serial   (houlsby, pfeiffer):  h -> h + up(act(down(h)))
       parallel (He et al. 2022):     h -> h + s * up(act(down(x)))   x = the sublayer's input
 * :class:`ModuleCopies` on a layer norm or a task-head module: each adapter owns a copy of the module
@@ -106,7 +107,8 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 class BottleneckLayer(AdapterModule):
-    """Per-adapter bottlenecks on one sublayer output projection."""
+    """Per-adapter bottlenecks on one sublayer output. It hangs on the output projection (so its weights are
+    named after it) and hooks ``output_module``: the projection itself, or the dropout right after it."""
 
     role = "adapter"
 

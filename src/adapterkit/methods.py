@@ -51,6 +51,7 @@ class MethodConfig:
     init_std: float = 1e-3  # adapter method: AdapterConfig.init_std
     adapter_layers: tuple[int, ...] | None = None  # adapter method: AdapterConfig.layers (None: every layer)
     train_pooler: bool = False  # adapter/ln/head: HeadConfig.train_pooler (full and top-k train it anyway)
+    train_embedding_norm: bool = False  # adapter/ln: AdapterConfig.train_embedding_norm
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -82,10 +83,11 @@ def _num_layers(model: nn.Module) -> int:
 def adapter_config_for(method: MethodConfig, model: nn.Module) -> ak.AdapterConfig:
     if method.method == "adapter":
         return ak.AdapterConfig(size=method.adapter_size, placement=method.placement, init_std=method.init_std,
-                                layers=method.adapter_layers)
+                                layers=method.adapter_layers, train_embedding_norm=method.train_embedding_norm)
     last = (_num_layers(model) - 1,) if method.method == "head" else None
     return ak.AdapterConfig(size=1, init_std=0.0, placement="pfeiffer", layers=last,
-                            train_layer_norms=method.method == "ln")
+                            train_layer_norms=method.method == "ln",
+                            train_embedding_norm=method.method == "ln" and method.train_embedding_norm)
 
 
 def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list[str] | None,
@@ -113,6 +115,18 @@ def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list
         _set_output_bias(model, method, label_mean)
     model.train()
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def head_parameters(model: nn.Module, method: MethodConfig) -> list[nn.Parameter]:
+    """The trainable parameters of the task head (with a trained pooler copy): the adapter's head copies, or
+    for full / top-k the model's own head modules. ``--head-lr`` applies to these."""
+    from .architectures import head_modules
+
+    if method.uses_adapter:
+        params = [p for _, h in adapter_modules(model) if h.role == "head" for p in h.adapter_parameters(ADAPTER_NAME)]
+    else:
+        params = [p for m in head_modules(model, detect(model)) for p in m.parameters()]
+    return [p for p in params if p.requires_grad]
 
 
 def _set_output_bias(model: nn.Module, method: MethodConfig, value: float) -> None:
@@ -190,5 +204,5 @@ def named_trainable(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
-__all__ = ["ADAPTER_NAME", "METHODS", "MethodConfig", "MethodError", "count_parameters", "head_for", "prepare",
+__all__ = ["ADAPTER_NAME", "METHODS", "MethodConfig", "MethodError", "count_parameters", "head_for", "head_parameters", "prepare",
            "read_result_meta", "save_result", "trainable_state"]

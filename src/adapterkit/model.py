@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .architectures import ArchitectureSpec, LayerSites, detect, head_modules, pooler_module, resolve
+from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
 from .bottleneck import Bottleneck
 from .config import AdapterConfig
 from .heads import HeadConfig, replace_last_linear
@@ -98,10 +98,12 @@ def _output_dim(module: nn.Module) -> int:
     raise ValueError(f"cannot tell the output width of {type(module).__name__}; use an nn.Linear output projection")
 
 
-def _sublayers(layer: LayerSites, placement: str) -> list[tuple[nn.Module, nn.Module]]:
-    """(output projection, sublayer input module) pairs that get an adapter under ``placement``."""
-    attention = (layer.attention_output, layer.attention_input)
-    ffn = (layer.ffn_output, layer.ffn_input)
+def _sublayers(layer: LayerSites, placement: str) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
+    """(output projection, the module whose output the adapter rewrites, sublayer input module) for each
+    sublayer that gets an adapter under ``placement``. The holder hangs on the projection (its state-dict keys
+    name it), the hook on the dropout after it where there is one (see architectures.py)."""
+    attention = (layer.attention_output, layer.attention_site, layer.attention_input)
+    ffn = (layer.ffn_output, layer.ffn_site, layer.ffn_input)
     return [ffn] if placement == "pfeiffer" else [attention, ffn]
 
 
@@ -130,6 +132,10 @@ def add_adapter(
         raise ValueError(f"adapter {name!r} already exists; remove_adapter(model, {name!r}) first or pick another name")
     layers = resolve(model, state.spec)
     config.check_layers(len(layers))
+    embedding_norm = embedding_norm_module(model, state.spec) if config.train_embedding_norm else None
+    if config.train_embedding_norm and embedding_norm is None:
+        raise ValueError(f"train_embedding_norm=True, but {type(model).__name__} has no embedding layer norm "
+                         f"({state.spec.embedding_norm!r} in its spec); leave train_embedding_norm off for this model")
     heads = head_modules(model, state.spec)
     head = HeadConfig.coerce(head, model_has_head=bool(heads))
     pooler = pooler_module(model, state.spec) if head.train_pooler and heads else None
@@ -142,18 +148,21 @@ def add_adapter(
     for index, layer in enumerate(layers):
         if config.layers is not None and index not in config.layers:
             continue
-        for output_module, input_module in _sublayers(layer, config.placement):
+        for output_module, site, input_module in _sublayers(layer, config.placement):
             d = _output_dim(output_module)
             reference = next(output_module.parameters())
             bottleneck = Bottleneck(d, config.bottleneck_size(d), config.activation, config.init_std)
             bottleneck.to(device=reference.device, dtype=reference.dtype)
-            holder = _holder(output_module, lambda m=output_module: BottleneckLayer(routing, m))
+            holder = _holder(output_module, lambda m=site: BottleneckLayer(routing, m))
             parallel = config.placement == "parallel"
             holder.add(name, bottleneck, parallel_input=input_module if parallel else None, scaling=config.scaling)
         if config.train_layer_norms:
             for norm in layer.layer_norms:
                 holder = _holder(norm, lambda m=norm: ModuleCopies(routing, m, role="layer_norm"))
                 holder.add(name, holder.copy_of_base())
+    if embedding_norm is not None:
+        holder = _holder(embedding_norm, lambda m=embedding_norm: ModuleCopies(routing, m, role="layer_norm"))
+        holder.add(name, holder.copy_of_base())
 
     if head.kind != "shared":
         init_std = getattr(getattr(model, "config", None), "initializer_range", 0.02)
@@ -210,6 +219,20 @@ def adapter_parameters(model: nn.Module, name: str) -> Iterator[nn.Parameter]:
     _require(model, name)
     for _, holder in adapter_modules(model):
         yield from holder.adapter_parameters(name)
+
+
+def parameter_groups(model: nn.Module, name: str, lr: float, head_lr: float | None = None) -> list[dict]:
+    """Optimiser parameter groups for adapter ``name``: its bottlenecks and layer-norm copies at ``lr``, its
+    head (and pooler copy) at ``head_lr`` (default ``lr``). A new head starts from random weights and needs a
+    larger step than the near-identity adapters: ``torch.optim.AdamW(parameter_groups(m, "t", 1e-3, 1e-2))``."""
+    _require(model, name)
+    body, head = [], []
+    for _, holder in adapter_modules(model):
+        (head if holder.role == "head" else body).extend(holder.adapter_parameters(name))
+    groups = [{"params": body, "lr": lr}]
+    if head:
+        groups.append({"params": head, "lr": lr if head_lr is None else head_lr})
+    return groups
 
 
 def train_adapter(model: nn.Module, name: str) -> nn.Module:

@@ -39,7 +39,7 @@ from . import metrics as M
 from .data import load_task
 from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
-from .methods import MethodConfig, count_parameters, prepare, save_result, trainable_state
+from .methods import MethodConfig, count_parameters, head_parameters, prepare, save_result, trainable_state
 from .models import MODELS, load_model
 
 #: Learning rates chosen by measurement on minilm / rotten_tomatoes (2000-4000 examples, 2 epochs): adapters
@@ -67,7 +67,9 @@ class TrainConfig:
     adapter_layers: tuple[int, ...] | None = None  # AdapterDrop-style: adapters in these layers only
     top_layers: int = 2
     train_pooler: bool = False  # adapter/ln/head: the head trains its own copy of a BERT-style pooler
+    train_embedding_norm: bool = False  # adapter/ln: also a copy of the embeddings' layer norm (as adapter-bert)
     lr: float | None = None  # None: DEFAULT_LR[method]
+    head_lr: float | None = None  # the task head's lr (None: the same as lr); see methods.head_parameters
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -90,6 +92,8 @@ class TrainConfig:
         checks = [(self.epochs >= 1, "--epochs must be at least 1"),
                   (self.batch_size >= 1, "--batch-size must be at least 1"),
                   (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "--lr must be a positive number"),
+                  (self.head_lr is None or (math.isfinite(self.head_lr) and self.head_lr > 0),
+                   "--head-lr must be a positive number"),
                   (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
                   (self.adapter_size >= 1, "--adapter-size must be at least 1"),
                   (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8")]
@@ -194,7 +198,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
 
     # 1. Everything that can fail on bad input happens before anything is written.
     method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers, config.init_std,
-                          config.adapter_layers, config.train_pooler)
+                          config.adapter_layers, config.train_pooler, config.train_embedding_norm)
     task = load_task(config.task, seed=config.seed, max_train=config.max_train,
                      max_validation=config.max_validation, **config.data)
     max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
@@ -232,7 +236,11 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {n_proc} processes")
     steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    head = {id(p) for p in head_parameters(model, method)} if config.head_lr is not None else set()
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": config.learning_rate}]
+    if head:  # a new head starts from random weights: it may need a larger step than the rest
+        groups.append({"params": [p for p in trainable if id(p) in head], "lr": config.head_lr})
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _linear_schedule(optimizer, int(config.warmup * total_steps), total_steps)
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     higher = M.higher_is_better(task.metric)
@@ -298,12 +306,13 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         "init_std": config.init_std if config.method == "adapter" else None,
         "adapter_layers": list(config.adapter_layers) if config.method == "adapter" and config.adapter_layers else None,
         "train_pooler": config.train_pooler if method.uses_adapter else None,
+        "train_embedding_norm": config.train_embedding_norm if config.method in ("adapter", "ln") else None,
         "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
         "top_layers": config.top_layers if config.method == "top-k" else None,
         **counts, "epochs": state["history"], "best": state["best"],
         "train_seconds": round(state["train_seconds"], 3),
         "examples_per_second": round(state["examples"] / max(state["train_seconds"], 1e-9), 2),
-        "seed": config.seed, "lr": config.learning_rate, "batch_size": config.batch_size,
+        "seed": config.seed, "lr": config.learning_rate, "head_lr": config.head_lr, "batch_size": config.batch_size,
         "max_length": max_length, "num_processes": n_proc, "device": str(accelerator.device),
         "label_names": task.label_names, "split": task.split, "config": config.recorded(), "versions": _versions(),
     }

@@ -1,0 +1,95 @@
+"""The recipe's training options: the head's own learning rate (``head_lr`` / ``--head-lr``,
+``ak.parameter_groups``) and the embedding layer-norm copy (``train_embedding_norm``), end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_inputs, tiny_model
+
+import adapterkit as ak
+import adapterkit.train as T
+from adapterkit.train import TrainConfig, train
+
+from train_helpers import save_tiny_bert, write_sentiment
+
+
+def test_parameter_groups_split_the_adapter_into_body_and_head():
+    model = tiny_model("bert")
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=4), head=3)
+    ak.add_adapter(model, "b", ak.AdapterConfig(size=4), head=2)
+    body, head = ak.parameter_groups(model, "a", 1e-3, head_lr=3e-2)
+    assert (body["lr"], head["lr"]) == (1e-3, 3e-2)
+    ids = lambda ps: {id(p) for p in ps}
+    assert ids(body["params"]) | ids(head["params"]) == ids(ak.adapter_parameters(model, "a"))
+    assert not ids(body["params"]) & ids(head["params"])
+    assert {p.shape for p in head["params"]} == {torch.Size([3, 32]), torch.Size([3])}  # the new classifier
+    assert ak.parameter_groups(model, "a", 1e-3)[1]["lr"] == 1e-3
+    with pytest.raises(KeyError, match="no adapter named 'c'"):
+        ak.parameter_groups(model, "c", 1e-3)
+
+
+def test_parameter_groups_step_the_head_at_its_own_lr():
+    """One AdamW step moves each parameter by about its group's lr: the head 30x more than the adapter."""
+    model, inputs = tiny_model("bert"), tiny_inputs("bert")
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, init_std=1e-2), head=2)
+    ak.train_adapter(model, "a")
+    groups = ak.parameter_groups(model, "a", 1e-4, head_lr=3e-3)
+    before = [[p.detach().clone() for p in g["params"]] for g in groups]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    model(**inputs).logits.square().sum().backward()
+    opt.step()
+    moved = [max(float((p.detach() - b).abs().max()) for p, b in zip(g["params"], bs)) for g, bs in zip(groups, before)]
+    assert moved[0] == pytest.approx(1e-4, rel=0.05) and moved[1] == pytest.approx(3e-3, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    return {"bert": str(save_tiny_bert(root / "bert")), "data": write_sentiment(root / "data")}
+
+
+def _config(tiny, out, **kw):
+    return TrainConfig(**{**dict(output=str(out), model=tiny["bert"], task="local", data=tiny["data"], epochs=1,
+                                 batch_size=8, eval_batch_size=8, lr=1e-3, progress=False), **kw})
+
+
+@pytest.mark.parametrize("method", ["adapter", "full"])
+def test_train_puts_the_head_in_its_own_optimiser_group(tiny, tmp_path, monkeypatch, method):
+    seen = {}
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        seen["groups"] = groups
+        return real(groups, **kw)
+
+    monkeypatch.setattr(T.torch.optim, "AdamW", spy)
+    metrics = train(_config(tiny, tmp_path / method, method=method, head_lr=2e-2))
+    body, head = seen["groups"]
+    assert (body["lr"], head["lr"]) == (1e-3, 2e-2)
+    assert sum(p.numel() for p in head["params"]) == 32 * 2 + 2  # the 2-label classifier
+    assert sum(p.numel() for g in seen["groups"] for p in g["params"]) == metrics["trainable_params"]
+    assert json.loads((tmp_path / method / "metrics.json").read_text())["head_lr"] == 2e-2
+
+
+def test_without_head_lr_there_is_one_group(tiny, tmp_path, monkeypatch):
+    seen = {}
+    real = torch.optim.AdamW
+    monkeypatch.setattr(T.torch.optim, "AdamW", lambda groups, **kw: seen.setdefault("g", groups) and real(groups, **kw))
+    train(_config(tiny, tmp_path / "one"))
+    assert len(seen["g"]) == 1
+
+
+def test_bad_head_lr_is_refused(tiny, tmp_path):
+    with pytest.raises(ValueError, match="--head-lr must be a positive number"):
+        _config(tiny, tmp_path / "x", head_lr=0.0)
+
+
+def test_train_embedding_norm_trains_a_copy_and_saves_it(tiny, tmp_path):
+    metrics = train(_config(tiny, tmp_path / "emb", train_embedding_norm=True))
+    plain = train(_config(tiny, tmp_path / "plain"))
+    assert metrics["trainable_params"] - plain["trainable_params"] == 2 * 32  # the embedding norm's weight + bias
+    saved = json.loads((tmp_path / "emb" / "adapter" / "adapter_config.json").read_text())
+    assert saved["config"]["train_embedding_norm"] is True
