@@ -53,7 +53,9 @@ BUDGETS = {
         "levers_task": "rotten_tomatoes", "levers_layers": ((3, 4, 5), (5,)),
         "longer_task": "glue/cola", "longer_epochs": 10, "pooler": True,
         "seeds_task": "glue/cola", "extra_seeds": (43, 44), "mpnet_task": "glue/cola",
-        "recipe_tasks": ("r8", "20newsgroups"), "recipe_head_lrs": (3e-2, 1e-2, None),
+        "recipe_tasks": ("r8", "20newsgroups"),
+        "recipe_variants": ({"head_lr": 3e-2}, {"head_lr": 1e-2}, {}, {"head_lr": 3e-2, "probe_epochs": 1},
+                            {"head_lr": 3e-2, "train_embedding_norm": True}, {"head_lr": 3e-2, "init_std": 2e-2}),
         "lr_note": "adapters 1e-3 (adapterkit's default), LN-only 3e-3, head-only 3e-2 (a new head alone needs "
                    "a large lr), full FT and top-k 1e-4 (sequential full FT too)",
         "machine": "two runs at a time (`--jobs 2`), one torch thread each, on an otherwise idle 2-core machine",

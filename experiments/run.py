@@ -355,15 +355,11 @@ RECIPE = 2  # adapterkit's recipe since issue 12: the adapter reads the sublayer
 
 def recipe_specs(R: Runner) -> list[dict]:
     """Issue 12's recipe search on the tasks where the old default fell below head-only (R8, 20 Newsgroups):
-    size-64 adapters at the budget's adapter lr with the paper's order (recipe 2), the head at its own lr
-    (``head_lr``; None: the adapters' lr). Ordered by what is most likely to matter, so a short session gets
-    the informative runs first."""
-    out = []
-    for head_lr in R.B["recipe_head_lrs"]:
-        for task in R.B["recipe_tasks"]:
-            extra = {"recipe": RECIPE, **({"head_lr": head_lr} if head_lr else {})}
-            out.append(train_spec(R.B, task, "adapter", default_lr(R, "adapter"), 64, **extra))
-    return out
+    size-64 adapters at the budget's adapter lr with the paper's order (recipe 2) and each of the budget's
+    ``recipe_variants`` (the head at its own lr, LP-FT, the embedding norm, a larger init). Ordered by what is
+    most likely to matter, so a short session gets the informative runs first."""
+    return [train_spec(R.B, task, "adapter", default_lr(R, "adapter"), 64, recipe=RECIPE, **variant)
+            for variant in R.B["recipe_variants"] for task in R.B["recipe_tasks"]]
 
 
 def exp_recipe(R: Runner) -> None:

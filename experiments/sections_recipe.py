@@ -15,8 +15,7 @@ def recipe(d: Doc) -> None:
           "before the sublayer's dropout, exact GELU, one lr (1e-3) for adapters and the new head. Recipe 2: the "
           "adapter after the dropout (adapter-bert's and AdapterHub's order), the tanh GELU; then the head at its "
           "own lr (`--head-lr`). Full FT, head-only and recipe 1 are Table 2's runs. Accuracy x 100.", "")
-    head_lrs = B["recipe_head_lrs"]
-    cols = ["full FT", "head-only", "recipe 1"] + [f"recipe 2, head lr {h:g}" if h else "recipe 2" for h in head_lrs]
+    cols = ["full FT", "head-only", "recipe 1"] + ["recipe 2" + _variant(v) for v in B["recipe_variants"]]
     rows = []
     specs = run.recipe_specs(d.R)
     records = dict(zip((run.spec_key(s) for s in specs), d.need("recipe", specs)))
@@ -25,3 +24,10 @@ def recipe(d: Doc) -> None:
         ours = [records[run.spec_key(s)] for s in specs if s["task"] == task]
         rows.append(f"| {name(task)} | " + " | ".join(fmt(score(r)) for r in [full, head, adapter, *ours]) + " |")
     d.add("| task | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|", *rows, "")
+
+
+def _variant(v: dict) -> str:
+    words = {"head_lr": "head lr {:g}", "probe_epochs": "LP-FT ({} probe epoch)", "train_embedding_norm": "embedding norm",
+             "init_std": "init std {:g}"}
+    parts = [words[k].format(x) for k, x in v.items()]
+    return ", " + ", ".join(parts) if parts else ""

@@ -93,3 +93,54 @@ def test_train_embedding_norm_trains_a_copy_and_saves_it(tiny, tmp_path):
     assert metrics["trainable_params"] - plain["trainable_params"] == 2 * 32  # the embedding norm's weight + bias
     saved = json.loads((tmp_path / "emb" / "adapter" / "adapter_config.json").read_text())
     assert saved["config"]["train_embedding_norm"] is True
+
+
+def test_probe_epochs_train_only_the_head_first(tiny, tmp_path, monkeypatch):
+    """LP-FT: during the probe epoch the adapters and layer-norm copies stay exactly at their init while the
+    head moves; afterwards everything trains."""
+    snapshots = []
+    real = T._train_epoch
+
+    def spy(model, *args, **kwargs):
+        out = real(model, *args, **kwargs)
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return out
+
+    start = {}
+    real_prepare = T.prepare
+
+    def spy_prepare(model, *args, **kwargs):
+        trainable = real_prepare(model, *args, **kwargs)
+        start.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return trainable
+
+    monkeypatch.setattr(T, "_train_epoch", spy)
+    monkeypatch.setattr(T, "prepare", spy_prepare)
+    metrics = train(_config(tiny, tmp_path / "lp", epochs=2, probe_epochs=1, head_lr=1e-2))
+    assert metrics["probe_epochs"] == 1
+    head = {n for n in start if "classifier" in n}
+    body = set(start) - head
+    assert head and body
+    assert all(torch.equal(snapshots[0][n], start[n]) for n in body)  # the probe epoch: body untouched
+    assert all(not torch.equal(snapshots[0][n], start[n]) for n in head if n.endswith("weight"))
+    assert any(not torch.equal(snapshots[1][n], start[n]) for n in body)  # then it trains
+
+
+def test_probe_epochs_must_leave_epochs_to_train(tiny, tmp_path):
+    with pytest.raises(ValueError, match="--probe-epochs must lie in"):
+        _config(tiny, tmp_path / "x", epochs=2, probe_epochs=2)
+
+
+def test_schedule_without_probe_is_the_old_one():
+    """The same warm-up and decay as before the groups existed (runs cached before it stay comparable)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = T._linear_schedule(opt, 0.1, 50)
+    lrs = []
+    for _ in range(50):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    warm, total = 5, 50
+    expected = [(s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / (total - warm)) for s in range(50)]
+    assert lrs == pytest.approx(expected)

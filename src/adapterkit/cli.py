@@ -137,6 +137,8 @@ def train(
         help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")] = False,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
     head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: --lr)")] = None,
+    probe_epochs: Annotated[int, typer.Option(
+        help="LP-FT warm start: the first N epochs train only the head, then everything trains")] = 0,
     epochs: int = 3,
     batch_size: Annotated[int, typer.Option(help="global batch size (over all processes)")] = 32,
     eval_batch_size: int = 64,
@@ -166,6 +168,7 @@ def train(
     config = TrainConfig(output=output, model=model, task=task, method=method, adapter_size=adapter_size,
                          placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers,
                          train_pooler=train_pooler, train_embedding_norm=train_embedding_norm, lr=lr, head_lr=head_lr,
+                         probe_epochs=probe_epochs,
                          epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                          doc_stride=doc_stride, max_train=max_train, max_validation=max_validation, seed=seed,
                          warmup=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, data=data,

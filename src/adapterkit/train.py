@@ -70,6 +70,7 @@ class TrainConfig:
     train_embedding_norm: bool = False  # adapter/ln: also a copy of the embeddings' layer norm (as adapter-bert)
     lr: float | None = None  # None: DEFAULT_LR[method]
     head_lr: float | None = None  # the task head's lr (None: the same as lr); see methods.head_parameters
+    probe_epochs: int = 0  # LP-FT (Kumar et al. 2022): the first N epochs train only the head, then everything
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -94,6 +95,7 @@ class TrainConfig:
                   (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "--lr must be a positive number"),
                   (self.head_lr is None or (math.isfinite(self.head_lr) and self.head_lr > 0),
                    "--head-lr must be a positive number"),
+                  (0 <= self.probe_epochs < self.epochs, "--probe-epochs must lie in [0, --epochs)"),
                   (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
                   (self.adapter_size >= 1, "--adapter-size must be at least 1"),
                   (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8")]
@@ -126,13 +128,27 @@ def _versions() -> dict:
             "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def _linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+def _linear_factor(warmup_steps: int, total_steps: int, start: int = 0):
+    """Warm-up then linear decay to zero over steps [start, total_steps); zero before ``start``."""
     def factor(step: int) -> float:
+        step -= start
+        if step < 0:
+            return 0.0
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        return max(0.0, (total_steps - start - step) / max(1, total_steps - start - warmup_steps))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def _linear_schedule(optimizer, warmup: float, total_steps: int, body_start: int = 0):
+    """Every group: ``warmup`` of its steps of linear warm-up, then linear decay to zero. With ``body_start``
+    (LP-FT's probe phase) the first group (everything but the head) starts at that step."""
+    head = _linear_factor(int(warmup * total_steps), total_steps)
+    if not body_start:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, head)
+    body = _linear_factor(int(warmup * (total_steps - body_start)), total_steps, body_start)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [body] + [head] * (len(optimizer.param_groups) - 1))
 
 
 def _epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[int]:
@@ -236,12 +252,16 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {n_proc} processes")
     steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    head = {id(p) for p in head_parameters(model, method)} if config.head_lr is not None else set()
+    own_group = config.head_lr is not None or config.probe_epochs > 0
+    head = {id(p) for p in head_parameters(model, method)} if own_group else set()
+    if config.probe_epochs and not head:
+        raise ValueError("--probe-epochs needs a task head that trains (this task shares the model's frozen head); "
+                         "drop --probe-epochs")
     groups = [{"params": [p for p in trainable if id(p) not in head], "lr": config.learning_rate}]
     if head:  # a new head starts from random weights: it may need a larger step than the rest
-        groups.append({"params": [p for p in trainable if id(p) in head], "lr": config.head_lr})
+        groups.append({"params": [p for p in trainable if id(p) in head], "lr": config.head_lr or config.learning_rate})
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = _linear_schedule(optimizer, int(config.warmup * total_steps), total_steps)
+    scheduler = _linear_schedule(optimizer, config.warmup, total_steps, steps_per_epoch * config.probe_epochs)
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     higher = M.higher_is_better(task.metric)
 
@@ -312,7 +332,8 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         **counts, "epochs": state["history"], "best": state["best"],
         "train_seconds": round(state["train_seconds"], 3),
         "examples_per_second": round(state["examples"] / max(state["train_seconds"], 1e-9), 2),
-        "seed": config.seed, "lr": config.learning_rate, "head_lr": config.head_lr, "batch_size": config.batch_size,
+        "seed": config.seed, "lr": config.learning_rate, "head_lr": config.head_lr, "probe_epochs": config.probe_epochs,
+        "batch_size": config.batch_size,
         "max_length": max_length, "num_processes": n_proc, "device": str(accelerator.device),
         "label_names": task.label_names, "split": task.split, "config": config.recorded(), "versions": _versions(),
     }
