@@ -353,13 +353,21 @@ def exp_mpnet(R: Runner) -> None:
 RECIPE = 2  # adapterkit's recipe since issue 12: the adapter reads the sublayer's dropout output, tanh GELU
 
 
+def recipe_spec(R: Runner, task: str, variant: dict) -> dict:
+    """A size-64 adapter at the budget's adapter lr, trained by recipe 2 with ``variant``'s options."""
+    return train_spec(R.B, task, "adapter", default_lr(R, "adapter"), 64, recipe=RECIPE, **variant)
+
+
 def recipe_specs(R: Runner) -> list[dict]:
     """Issue 12's recipe search on the tasks where the old default fell below head-only (R8, 20 Newsgroups):
-    size-64 adapters at the budget's adapter lr with the paper's order (recipe 2) and each of the budget's
-    ``recipe_variants`` (the head at its own lr, LP-FT, the embedding norm, a larger init). Ordered by what is
-    most likely to matter, so a short session gets the informative runs first."""
-    return [train_spec(R.B, task, "adapter", default_lr(R, "adapter"), 64, recipe=RECIPE, **variant)
-            for variant in R.B["recipe_variants"] for task in R.B["recipe_tasks"]]
+    recipe 2 with each of the budget's ``recipe_variants`` (the head at its own lr, LP-FT, the embedding norm,
+    a larger init); and the first variant against plain recipe 2 on the other tasks (``recipe_check``), since a
+    default must win across tasks. Ordered by what is most likely to matter, so a short session gets the
+    informative runs first."""
+    first, *rest = R.B["recipe_variants"]
+    return ([recipe_spec(R, task, first) for task in R.B["recipe_tasks"]]
+            + [recipe_spec(R, task, v) for task in R.B["recipe_check"] for v in (first, {})]
+            + [recipe_spec(R, task, v) for v in rest for task in R.B["recipe_tasks"]])
 
 
 def exp_recipe(R: Runner) -> None:
