@@ -131,6 +131,7 @@ def test_add_adapter_accepts_up_to_the_limit():
     (lambda m: m.update(extra={"deep": json.loads("[" * 70 + "]" * 70)}), "nested more than 64 deep"),
     (lambda m: m.update(extra={"s": "\ud800"}), "lone surrogate"),
     (lambda m: m.update(name="../x"), "name"),
+    (lambda m: m.update(name="a\n"), "name"),
     (lambda m: m.update(parameters={"adapter_params": -1}), "parameters"),
     (lambda m: m.update(surprise=1), "unknown field"),
     (lambda m: m.update(adapterkit_format=3), "format 3.*upgrade adapterkit"),
@@ -281,9 +282,9 @@ def _with_adapter(placement="parallel"):
 
 @pytest.mark.parametrize("error", [MemoryError, KeyboardInterrupt, RuntimeError])
 @pytest.mark.parametrize("fail_at", [1, 3, "norm", "head"])
-@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("existing", [None, "houlsby", "parallel"])  # the new adapter is parallel: it hooks inputs too
 def test_a_failed_add_adapter_leaves_the_model_exactly_as_it_was(monkeypatch, error, fail_at, existing):
-    model = _with_adapter() if existing else tiny_model("bert")
+    model = _with_adapter(existing) if existing else tiny_model("bert")
     before = snapshot(model)
     made = []
     real = akmodel.Bottleneck
