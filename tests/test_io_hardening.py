@@ -478,3 +478,26 @@ def test_saved_files_follow_the_umask(tmp_path, umask, dir_mode, file_mode):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == dir_mode
     assert {stat.S_IMODE((path / f).stat().st_mode) for f in (CONFIG_FILE, WEIGHTS_FILE)} == {file_mode}
+
+
+def test_a_directory_written_by_the_previous_release_still_loads(tmp_path):
+    """tests/data/format1_adapter was written by adapterkit before issue 13 (format 1: no config_sha256, two
+    safetensors metadata keys) from tiny_model("bert"); it loads, and re-saves as format 2 with equal tensors."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    v1 = Path(__file__).parent / "data" / "format1_adapter"
+    assert json.loads((v1 / CONFIG_FILE).read_text())["adapterkit_format"] == 1
+    model = tiny_model("bert")
+    assert ak.load_adapter(model, v1, root=v1.parent) == "v1"
+    saved = load_file(v1 / WEIGHTS_FILE)
+    loaded = akmodel.adapter_tensors(model, "v1")
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    expected = logits(ak.set_active(model, "v1"), tiny_inputs("bert"))
+    again = ak.save_adapter(model, "v1", tmp_path / "v2", extra=ak.read_adapter_config(v1)["extra"])
+    meta = ak.read_adapter_config(again)
+    assert meta["adapterkit_format"] == 2 and meta["extra"]["task"] == "format-1 fixture"
+    fresh = tiny_model("bert")
+    ak.load_adapter(fresh, again)
+    assert torch.equal(logits(ak.set_active(fresh, "v1"), tiny_inputs("bert")), expected)
