@@ -18,6 +18,7 @@ import concurrent.futures
 import copy
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
@@ -37,6 +38,7 @@ from .settings import Conflict, Expired, Forbidden, ServeError, ServeSettings, s
 from .tasks import parse_adapters, tokenize
 
 log = logging.getLogger("adapterkit.serve")
+_TYPE_TAG = re.compile(r"^[a-z-]+\[.*\]$")  # "function-after[_utf8(), str]", "list[...]" in a loc
 
 
 class SafeJSONResponse(JSONResponse):
@@ -59,8 +61,25 @@ def _not_json(name: str):
 
 
 class StrictJSONRequest(Request):
-    """``request.json()`` as RFC 8259 has it: ``NaN``/``Infinity``, nesting too deep or bytes that are not
-    UTF-8 raise JSONDecodeError, which FastAPI answers 422 ``json_invalid``."""
+    """A body of at most ``max_body`` bytes (else 413, before more is read), and ``request.json()`` as RFC 8259
+    has it: ``NaN``/``Infinity``, nesting too deep or bytes that are not UTF-8 raise JSONDecodeError, which
+    FastAPI answers 422 ``json_invalid``."""
+
+    max_body = 8 << 20
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_body:
+                raise HTTPException(413, f"a body of {declared} bytes; the limit is {self.max_body}")
+            chunks, size = [], 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise HTTPException(413, f"a body over {self.max_body} bytes; the limit is {self.max_body}")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
@@ -77,11 +96,13 @@ class StrictJSONRequest(Request):
 
 
 class StrictJSONRoute(APIRoute):
+    request_class = StrictJSONRequest
+
     def get_route_handler(self):
         handler = super().get_route_handler()
 
         async def strict(request: Request) -> Response:
-            return await handler(StrictJSONRequest(request.scope, request.receive))
+            return await handler(self.request_class(request.scope, request.receive))
 
         return strict
 
@@ -118,9 +139,10 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="adapterkit serve", version=__version__, lifespan=lifespan,
-                  default_response_class=SafeJSONResponse, max_body_size=settings.max_body_bytes,
+                  default_response_class=SafeJSONResponse,
                   description="One frozen backbone, many task adapters; requests of all tasks are batched together.")
-    app.router.route_class = StrictJSONRoute
+    limited = type("LimitedRequest", (StrictJSONRequest,), {"max_body": settings.max_body_bytes})
+    app.router.route_class = type("LimitedRoute", (StrictJSONRoute,), {"request_class": limited})
     app.state.engine = engine
     PredictRequest = predict_request(settings.max_inputs, settings.max_chars)  # noqa: N806 - a model class
 
@@ -135,7 +157,8 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             msg = str(item.get("msg", "invalid"))
             if item.get("type") == "json_invalid" and isinstance(item.get("ctx"), dict):
                 msg = f"{msg}: {item['ctx'].get('error')}"
-            loc = [x if isinstance(x, int) else safe(x, 100) for x in item.get("loc", ())]
+            loc = [x if isinstance(x, int) else safe(x, 100) for x in item.get("loc", ())
+                   if not (isinstance(x, str) and _TYPE_TAG.match(x))]  # pydantic's union-branch tags
             detail.append({"loc": loc, "msg": safe(msg, 500), "type": safe(item.get("type", "value_error"), 100)})
         return SafeJSONResponse({"detail": detail}, status_code=422)
 
