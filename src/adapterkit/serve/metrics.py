@@ -118,7 +118,8 @@ class Metrics:
             out += [f"adapterkit_batch_failures_total {self.batch_failures}"]
             out += _header("adapterkit_dropped_requests_total", "counter",
                            "Requests refused by the worker: past their deadline, or non-finite scores.")
-            out += [f'adapterkit_dropped_requests_total{{reason="{r}"}} {self.drops[r]}' for r in ("expired", "nonfinite")]
+            out += [f'adapterkit_dropped_requests_total{{reason="{r}"}} {self.drops[r]}'
+                    for r in ("expired", "nonfinite")]
             for name, hist, help_ in (
                 ("adapterkit_batch_rows", self.batch_rows, "Input rows per batch."),
                 ("adapterkit_batch_tasks", self.batch_tasks, "Distinct tasks per batch."),
