@@ -207,7 +207,8 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             return error(status, message, headers, loc)
 
         if task is None:
-            known = ", ".join(sorted(engine.tasks)) or "none"
+            names = sorted(engine.tasks)
+            known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") or "none"
             return refuse(404, f"unknown task {safe(body.task, 200)!r}; loaded adapters: {known}")
         # Every limit is checked before any work is done for the request: counts, characters, queue room.
         if len(body.inputs) > settings.max_inputs:
