@@ -4,7 +4,8 @@ to predict, load or unload, the answer is never a 5xx, and every error is JSON w
 Bodies are drawn as near-valid requests (right keys, hostile values: lone surrogates, NaN, huge and nested
 values, texts over the limits, wrong types) and as arbitrary JSON or bytes; hot loads point at real adapter
 directories whose configs hypothesis mutates (and re-signs, so the checks behind the checksum are reached).
-Request counts are bounded by ``max_examples``; everything stays in this process (no socket).
+Request counts are bounded by ``max_examples`` and derandomized (the fast suite runs them); everything stays in
+this process (no socket).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 from urllib.parse import quote
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from serve_helpers import build_world
 
@@ -23,6 +24,9 @@ from adapterkit.checks import config_digest
 from adapterkit.models import load_model
 from adapterkit.serve import ServeSettings
 
+FUZZ = settings(deadline=None, database=None, derandomize=True, print_blob=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
 LOADED = {"sentiment", "sts"}
 NASTY = ["", "\ud800", "x\udfffy", "\x00", "NaN", "a" * 301, "\u202e", "../..", "%00", "\\", '"', "é" * 50]
 
@@ -77,7 +81,7 @@ def check_answer(r) -> None:
             assert "detail" in body and "Traceback" not in r.text, r.text[:500]
 
 
-@settings(settings.get_profile("adapterkit-fuzz"), max_examples=150)
+@settings(FUZZ, max_examples=150)
 @given(body=predict_bodies, deep=st.sampled_from([0, 0, 0, 1, 3000]))
 def test_predict_never_5xx(env, body, deep):
     r = env["client"].post("/v1/predict", content=encode(body, deep), headers={"content-type": "application/json"})
@@ -90,7 +94,7 @@ def test_predict_never_5xx(env, body, deep):
             assert all(isinstance(x, float) and math.isfinite(x) for x in numbers), p
 
 
-@settings(settings.get_profile("adapterkit-fuzz"), max_examples=60)
+@settings(FUZZ, max_examples=60)
 @given(content=st.binary(max_size=300), content_type=st.sampled_from(["application/json", "text/plain", None]),
        path=st.sampled_from(["/v1/predict", "/v1/adapters"]))
 def test_raw_bytes_never_5xx(env, content, content_type, path):
@@ -98,7 +102,7 @@ def test_raw_bytes_never_5xx(env, content, content_type, path):
     check_answer(env["client"].post(path, content=content, headers=headers))
 
 
-@settings(settings.get_profile("adapterkit-fuzz"), max_examples=60)
+@settings(FUZZ, max_examples=60)
 @given(name=st.one_of(st.from_regex(r"\A[A-Za-z0-9_\-]{1,12}\Z"), texts, json_values),
        where=st.one_of(st.sampled_from(["hot", "outside", "missing", "root", "dotdot"]), texts, json_values))
 def test_load_never_5xx(env, name, where):
@@ -123,7 +127,7 @@ FIELDS = ["config", "config.size", "config.reduction_factor", "config.layers", "
 hostile_numbers = st.sampled_from([0, -1, 1, 99, 10**6, 10**12, 2**63, -(2**63), 1e308, -0.0, 0.5])
 
 
-@settings(settings.get_profile("adapterkit-fuzz"), max_examples=80)
+@settings(FUZZ, max_examples=80)
 @given(changes=st.lists(st.tuples(st.sampled_from(FIELDS), st.one_of(json_values, hostile_numbers)),
                         min_size=1, max_size=3),
        resign=st.booleans())
@@ -155,7 +159,7 @@ def test_load_of_a_mutated_config_never_5xx(env, changes, resign):
         assert c.delete("/v1/adapters/mutant").status_code == 200
 
 
-@settings(settings.get_profile("adapterkit-fuzz"), max_examples=50)
+@settings(FUZZ, max_examples=50)
 @given(name=texts.filter(lambda n: n not in LOADED))
 def test_unload_never_5xx(env, name):
     r = env["client"].delete("/v1/adapters/" + quote(name.encode("utf-8", "surrogatepass"), safe=""))
