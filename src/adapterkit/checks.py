@@ -107,13 +107,18 @@ def read_file(real_dir: str, filename: str, real_root: str | None, limit: int, s
     except OSError as e:
         raise AdapterLoadError(f"{shown} cannot be opened ({e.strerror}); "
                                "it must be a regular file inside the adapter directory") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise AdapterLoadError(f"{shown} is not a regular file; re-save the adapter")
         if st.st_size > limit:
             raise AdapterLoadError(f"{shown} is {st.st_size} bytes, more than the {limit} an adapter of this "
                                    "config can need; re-save the adapter")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise AdapterLoadError(f"{shown} grew while it was read; load it again once it is written")
