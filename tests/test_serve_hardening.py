@@ -297,6 +297,10 @@ HOSTILE_CONFIGS = {
     "reduction tiny": _set("config.reduction_factor", 1e-300),
     "head num_labels huge": _set("head.num_labels", 10**9),
     "head labels huge": _set("head.labels", ["x"] * 1_000_000),
+    "label_names a number": _set("extra.label_names", 5),  # found by tests/fuzz: was a 500
+    "label_names numbers": _set("extra.label_names", [1, 2, 3, 4]),
+    "extra kind a list": _set("extra.kind", ["qa"]),
+    "extra max_length a string": _set("extra.max_length", "64"),
 }
 HOSTILE_TEXTS = {"an array": "[1]", "empty": "", "not UTF-8": "\udcff", "deep": "[" * 50_000 + "]" * 50_000,
                  "NaN size": None}

@@ -95,8 +95,10 @@ class Engine:
             raise self._bad(path, e) from None
         try:
             task = task_from_model(self.model, name, str(path), meta, self.settings, self.model_limit)
-        except BaseException:
+        except BaseException as e:
             remove_adapter(self.model, name)
+            if isinstance(e, Exception) and not isinstance(e, BadAdapter):
+                raise self._bad(path, e) from None
             raise
         self.tasks = {**self.tasks, name: task}
         return task
