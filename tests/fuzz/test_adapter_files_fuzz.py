@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import resource
 import shutil
 import tempfile
@@ -173,10 +172,13 @@ def test_random_json_configs_are_refused(world, meta, resign):
 @given(data=st.one_of(st.binary(max_size=300), TEXT.map(lambda s: s.encode("utf-8", "surrogatepass"))))
 def test_random_bytes_as_config_are_refused(world, data):
     assert _try_load(world, data, world["weights"]) == "refused"
-    with pytest.raises(ak.AdapterLoadError):
-        directory = Path(tempfile.mkdtemp(dir=world["root"]))
+    directory = Path(tempfile.mkdtemp(dir=world["root"]))
+    try:
         (directory / CONFIG_FILE).write_bytes(data)
-        ak.read_adapter_config(directory, root=world["root"])
+        with pytest.raises(ak.AdapterLoadError):
+            ak.read_adapter_config(directory, root=world["root"])
+    finally:
+        shutil.rmtree(directory)
 
 
 @FUZZ
