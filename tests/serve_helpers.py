@@ -106,3 +106,21 @@ class Server:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+def build_world(root: Path, names=("sentiment", "sts", "hot")) -> dict:
+    """A tiny model dir and saved adapters ``names`` under ``root``: {"model_dir", "dirs", "tok"}."""
+    from adapterkit.models import load_model
+
+    model_dir = tiny_model_dir(root)
+    model, tok = load_model(str(model_dir))
+    dirs = save_adapters(model, root, names)
+    return {"root": root, "model_dir": model_dir, "dirs": dirs, "tok": tok}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/PID/status")

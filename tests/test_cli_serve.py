@@ -12,7 +12,8 @@ def _cli(*args):
 def test_serve_help_lists_the_server_options():
     done = _cli("serve", "--help")
     assert done.returncode == 0
-    for option in ("--adapter NAME=DIR", "--batch-window-ms", "--adapter-root", "--read-only"):
+    for option in ("--adapter NAME=DIR", "--batch-window-ms", "--adapter-root", "--read-only", "--max-body-bytes",
+                   "--request-timeout", "--tokenize-threads"):
         assert option in done.stdout
 
 

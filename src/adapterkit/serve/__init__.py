@@ -8,28 +8,37 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
                                -> {"task", "predictions": [{"label", "scores": {label: prob}} | {"score": x}]}
   GET    /v1/adapters          the loaded adapters with their heads and label names
   POST   /v1/adapters          {"name", "path"}: load a saved adapter directory while serving (safetensors only,
-                               base-model fingerprint and checksum checked; nothing changes on error). Any
-                               directory on the server, unless ``--adapter-root DIR`` limits it to DIRs
-                               (paths resolved, symlinks followed) or ``--read-only`` refuses all
+                               config, limits, fingerprint and checksums checked before anything is allocated;
+                               nothing changes on error). Any directory on the server, unless
+                               ``--adapter-root DIR`` limits it to DIRs (the request's path resolved, then
+                               every file's real path again when the load reads it) or ``--read-only``
+                               refuses all
   DELETE /v1/adapters/{name}   unload
   GET    /healthz              200 while the worker is alive
   GET    /metrics              Prometheus text: requests, inputs, batches, batch sizes, tasks per batch, latency
 
-How it works. One worker thread owns the model. HTTP handlers validate and tokenise a request, then queue it
-and wait. The worker takes the oldest request, keeps collecting requests for up to ``batch_window_ms`` (from
-the first one's arrival) or until ``max_batch_size`` rows, and runs them as ONE mixed-task batch through
-:func:`adapterkit.mixed.predict_mixed` (each row through its own adapter). Loading and unloading adapters are
-queued in the same FIFO and run by the worker between batches, so a batch always sees one fixed set of
-adapters: a request never gets a result from a half-loaded or another adapter (a request for an adapter
-unloaded before its batch ran gets 404). Back-pressure: at most ``max_queue`` input rows may be waiting or
-running; beyond that a request gets 503 with ``Retry-After``. A batch that fails is retried request by
-request, so one bad request fails alone, and no request can stop the worker.
+How it works. One worker thread owns the model. HTTP handlers validate a request, check every limit (inputs,
+characters, room in the queue), tokenise it on a small thread pool, then queue it and wait until its deadline
+(``request_timeout_s``; a request still queued then is dropped unrun, 503). The worker takes the oldest
+request, keeps collecting requests for up to ``batch_window_ms`` (from the first one's arrival) or until
+``max_batch_size`` rows, and runs them as ONE mixed-task batch through :func:`adapterkit.mixed.predict_mixed`
+(each row through its own adapter). Loading and unloading adapters are queued in the same FIFO and run by the
+worker between batches, so a batch always sees one fixed set of adapters: a request never gets a result from a
+half-loaded or another adapter (a request for an adapter unloaded before its batch ran gets 404). A hot load's
+config is read and checked on a thread of its own first, so a hostile directory is refused without holding the
+worker. Back-pressure: at most ``max_queue`` input rows may be waiting or running; beyond that a request gets
+503 with ``Retry-After``. A batch that fails is retried request by request, so one bad request fails alone,
+and no request can stop the worker.
 
-Errors: unknown task 404; malformed JSON or wrong types 422 (FastAPI's ``detail`` names the field, e.g.
-``["body", "inputs", 2]``); more than ``max_inputs`` inputs 413; a text over ``max_chars`` characters 422
-(texts are truncated to ``max_length`` tokens, as classification normally is); adapter name in use 409;
-an adapter directory that cannot be loaded 400; ``--read-only`` refuses load/unload with 403, and so does
-``--adapter-root`` a directory outside its roots.
+Errors, all JSON ``{"detail": ...}`` and documented in the OpenAPI schema; no client input gives a 500:
+unknown task 404; malformed or non-strict JSON (NaN, Infinity, bad UTF-8, nesting too deep), lone
+surrogates or wrong types 422 (``detail`` names the field, e.g. ``["body", "inputs", 2]``); a body over
+``max_body_bytes`` or more than ``max_inputs`` inputs 413; a text over ``max_chars`` characters 422 (texts
+are truncated to ``max_length`` tokens, as classification normally is); scores that come out NaN/inf 422
+naming the adapter; queue full or deadline passed 503 with ``Retry-After``; adapter name in use 409; an
+adapter directory that cannot be loaded 400; ``--read-only`` refuses load/unload with 403, and so does
+``--adapter-root`` a directory outside its roots; a method a path does not take 405 with ``Allow``
+(``OPTIONS`` answers 204 with it). ``/metrics`` labels stay bounded: unknown task names are ``_unknown``.
 
 The modules, in reading order:
   settings.py   ServeSettings and the errors (ServeError and its subclasses) that carry HTTP status codes
@@ -44,7 +53,8 @@ The modules, in reading order:
 from .batcher import Engine
 from .metrics import Metrics
 from .server import main, serve
-from .settings import BadAdapter, Conflict, Forbidden, QueueFull, ServeError, ServeSettings, UnknownTask
+from .settings import (BadAdapter, Conflict, Expired, Forbidden, NonFinite, QueueFull, ServeError, ServeSettings,
+                       UnknownTask)
 from .tasks import Task, parse_adapters, tokenize
 
 
@@ -58,5 +68,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BadAdapter", "Conflict", "Engine", "Forbidden", "Metrics", "QueueFull", "ServeError", "ServeSettings",
-           "Task", "UnknownTask", "create_app", "main", "parse_adapters", "serve", "tokenize"]
+__all__ = ["BadAdapter", "Conflict", "Engine", "Expired", "Forbidden", "Metrics", "NonFinite", "QueueFull",
+           "ServeError", "ServeSettings", "Task", "UnknownTask", "create_app", "main", "parse_adapters", "serve", "tokenize"]

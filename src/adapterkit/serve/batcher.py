@@ -8,8 +8,16 @@ fixed set of adapters. A request starts a batch that keeps collecting the reques
 ``batch_window_ms`` (from the first one's arrival) or until ``max_batch_size`` rows, stopping early at a
 control message; the batch runs as ONE mixed-task forward pass (:func:`adapterkit.mixed.predict_mixed`). A
 batch that fails is retried request by request, so one bad request fails alone and nothing stops the worker.
-Back-pressure: at most ``max_queue`` rows may be waiting or running; :meth:`Engine.submit` raises
-:class:`QueueFull` beyond that.
+Back-pressure: at most ``max_queue`` rows may be waiting or running; :meth:`Engine.reserve` (called before
+a request is tokenised) raises :class:`QueueFull` beyond that. Every request has a deadline
+(``request_timeout_s`` after it arrived): one still queued when its deadline has passed is dropped unrun with
+:class:`Expired`. A request whose scores are not finite (NaN, inf) is refused with :class:`NonFinite`, naming
+the adapter, and the other requests of its batch are answered.
+
+Hot loading is split in two: :meth:`Engine.check_adapter` reads and validates the directory on a thread of
+its own (at most ``MAX_PENDING_LOADS`` at once), so a slow or hostile directory never holds the worker; only
+then is the load queued for the worker, which loads it with the same root check (``root=`` of
+:func:`adapterkit.io.load_adapter`: every file's real path must stay inside the root when it is read).
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from ..io import AdapterLoadError, load_adapter, read_adapter_config
 from ..mixed import predict_mixed
 from ..model import list_adapters, remove_adapter
 from .metrics import Metrics
-from .settings import BadAdapter, Conflict, QueueFull, ServeSettings, UnknownTask
+from .settings import BadAdapter, Conflict, Expired, NonFinite, QueueFull, ServeSettings, UnknownTask, safe
 from .tasks import Task, format_predictions, model_max_length, task_from_model
 
 log = logging.getLogger("adapterkit.serve")
+
+MAX_PENDING_LOADS = 2  # hot loads being checked or waiting for the worker at once; more -> 503
 
 
 @dataclass(eq=False)
@@ -42,6 +52,7 @@ class _Request:
     features: list[dict[str, list[int]]]  # one tokenised input per row
     future: concurrent.futures.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    deadline: float = float("inf")  # time.perf_counter() after which it is dropped unrun
 
 
 @dataclass(eq=False)
@@ -64,36 +75,98 @@ class Engine:
         self._admitted_rows = 0  # rows waiting or running (back-pressure)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._loads = threading.BoundedSemaphore(MAX_PENDING_LOADS)
+        self._checker = concurrent.futures.ThreadPoolExecutor(MAX_PENDING_LOADS, thread_name_prefix="adapterkit-load")
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = 0 if pad is None else pad
         self._left_pad = getattr(tokenizer, "padding_side", "right") == "left"
         self.model_limit = model_max_length(model, tokenizer)
 
     # adapters (call before start(), or through control() while running)
-    def _load(self, name: str, path: str) -> Task:
+    def _load(self, name: str, path: str, root: str | None = None) -> Task:
         if name in list_adapters(self.model):
             raise Conflict.name_in_use(name)
         try:
-            meta = read_adapter_config(path)
-            load_adapter(self.model, path, name=name)
-        except AdapterLoadError as e:
-            raise BadAdapter(str(e)) from None
+            meta = self._read_config(path, root)
+            load_adapter(self.model, path, name=name, **({} if root is None else {"root": root}))
+        except BadAdapter:
+            raise
+        except Exception as e:  # noqa: BLE001 - AdapterLoadError, or anything a hostile directory provokes
+            raise self._bad(path, e) from None
         try:
             task = task_from_model(self.model, name, str(path), meta, self.settings, self.model_limit)
-        except BaseException:
+        except BaseException as e:
             remove_adapter(self.model, name)
+            if isinstance(e, Exception) and not isinstance(e, BadAdapter):
+                raise self._bad(path, e) from None
             raise
         self.tasks = {**self.tasks, name: task}
         return task
+
+    @staticmethod
+    def _read_config(path: str, root: str | None) -> dict:
+        meta = read_adapter_config(path) if root is None else read_adapter_config(path, root=root)
+        if not isinstance(meta, dict):
+            raise AdapterLoadError(f"{path}: the adapter config is not a JSON object")
+        return meta
+
+    @staticmethod
+    def _bad(path: str, e: BaseException) -> BadAdapter:
+        if isinstance(e, AdapterLoadError):
+            return BadAdapter(safe(str(e), 1000))
+        log.warning("loading %s failed", safe(path), exc_info=True)
+        return BadAdapter(f"cannot load the adapter directory {safe(path)}: {type(e).__name__}: {safe(str(e))}")
+
+    def check_adapter(self, path: str, root: str | None = None) -> dict:
+        """Read and validate ``path``'s config (inside ``root``) off the worker; raise :class:`BadAdapter`."""
+        try:
+            return self._read_config(path, root)
+        except Exception as e:  # noqa: BLE001
+            raise self._bad(path, e) from None
 
     def _unload(self, name: str) -> None:
         if name not in self.tasks:
             raise UnknownTask.named(name)
         remove_adapter(self.model, name)
         self.tasks = {k: v for k, v in self.tasks.items() if k != name}
+        self.metrics.forget(name)
 
-    def load(self, name: str, path: str) -> concurrent.futures.Future:
-        return self.control(lambda: self._load(name, path))
+    def load(self, name: str, path: str, root: str | None = None) -> concurrent.futures.Future:
+        return self.control(lambda: self._load(name, path, root))
+
+    def hot_load(self, name: str, path: str, root: str | None = None) -> concurrent.futures.Future:
+        """Check ``path`` on a thread of its own, then queue the load for the worker; the future gives the Task.
+        At most ``MAX_PENDING_LOADS`` hot loads at once: beyond, :class:`QueueFull`."""
+        if not self._loads.acquire(blocking=False):
+            raise QueueFull(f"{MAX_PENDING_LOADS} adapter loads are already in progress; retry later",
+                            {"Retry-After": "1"})
+        outer: concurrent.futures.Future = concurrent.futures.Future()
+
+        def done(inner: concurrent.futures.Future) -> None:
+            self._loads.release()
+            if inner.cancelled():
+                outer.cancel()
+            elif inner.exception() is not None:
+                outer.set_exception(inner.exception())
+            else:
+                outer.set_result(inner.result())
+
+        def check() -> None:
+            try:
+                self.check_adapter(path, root)
+            except BaseException as e:  # noqa: BLE001 - answered, never raised on this thread
+                fail = concurrent.futures.Future()
+                fail.set_exception(e)
+                done(fail)
+                return
+            self.load(name, path, root).add_done_callback(done)
+
+        try:
+            self._checker.submit(check)
+        except RuntimeError:  # shutting down
+            self._loads.release()
+            raise QueueFull.shutting_down() from None
+        return outer
 
     def unload(self, name: str) -> concurrent.futures.Future:
         return self.control(lambda: self._unload(name))
@@ -113,16 +186,36 @@ class Engine:
     def queued_rows(self) -> int:
         return self._admitted_rows
 
-    def submit(self, task: str, features: list[dict[str, list[int]]]) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
+    def reserve(self, rows: int) -> None:
+        """Count ``rows`` against ``max_queue`` before they are tokenised; :class:`QueueFull` if they do not fit.
+        Hand them to :meth:`submit` (``reserved=True``) or give them back with :meth:`release`."""
         with self._cv:
             if self._stopping:
                 raise QueueFull.shutting_down()
-            if self._admitted_rows + len(features) > self.settings.max_queue:
+            if self._admitted_rows + rows > self.settings.max_queue:
                 raise QueueFull(f"the queue is full ({self._admitted_rows} inputs waiting, limit "
                                 f"{self.settings.max_queue}); retry later", {"Retry-After": "1"})
-            self._admitted_rows += len(features)
-            self._items.append(_Request(task, features, future))
+            self._admitted_rows += rows
+
+    def release(self, rows: int) -> None:
+        with self._cv:
+            self._admitted_rows -= rows
+
+    def submit(self, task: str, features: list[dict[str, list[int]]], reserved: bool = False,
+               deadline: float | None = None) -> concurrent.futures.Future:
+        """Queue one request's tokenised inputs; ``deadline`` (a ``time.perf_counter()`` value) defaults to
+        ``request_timeout_s`` from now."""
+        if not reserved:
+            self.reserve(len(features))
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        now = time.perf_counter()
+        if deadline is None:
+            deadline = now + self.settings.request_timeout_s
+        with self._cv:
+            if self._stopping:
+                self._admitted_rows -= len(features)
+                raise QueueFull.shutting_down()
+            self._items.append(_Request(task, features, future, now, deadline))
             self._cv.notify()
         return future
 
@@ -142,6 +235,7 @@ class Engine:
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
+        self._checker.shutdown(wait=False, cancel_futures=True)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -208,11 +302,16 @@ class Engine:
 
     def _run_batch(self, batch: list[_Request]) -> None:
         live = []
+        now = time.perf_counter()
         for r in batch:
             if r.future.running():  # a retry, request by request, of a failed batch
                 pass
             elif not r.future.set_running_or_notify_cancel():
-                continue  # cancelled while queued (the client disconnected): skip it
+                continue  # cancelled while queued (the client disconnected or gave up): skip it
+            elif now > r.deadline:  # waited too long: its client has been answered 503 or is about to be
+                self.metrics.dropped("expired")
+                r.future.set_exception(Expired.after(self.settings.request_timeout_s))
+                continue
             if r.task in self.tasks:
                 live.append(r)
             else:  # unloaded after this request was queued
@@ -234,9 +333,13 @@ class Engine:
             return
         self.metrics.batch(rows, tasks, time.perf_counter() - started, ok=True)
         for r, result in zip(live, results):
-            r.future.set_result(result)
+            if isinstance(result, BaseException):
+                self.metrics.dropped("nonfinite")
+                r.future.set_exception(result)
+            else:
+                r.future.set_result(result)
 
-    def _predict(self, batch: list[_Request]) -> list[list[dict[str, Any]]]:
+    def _predict(self, batch: list[_Request]) -> list[list[dict[str, Any]] | NonFinite]:
         rows = [(r.task, f) for r in batch for f in r.features]
         outputs: list[torch.Tensor] = []
         cap = self.settings.max_batch_size
@@ -252,6 +355,13 @@ class Engine:
             task = self.tasks[r.task]
             logits = torch.stack(by_row[i : i + len(r.features)]).float()
             i += len(r.features)
+            bad = (~torch.isfinite(logits)).any(dim=-1).nonzero().flatten().tolist()
+            if bad:  # never serve NaN/inf (JSON has no such numbers) nor the nulls they would become
+                log.warning("adapter %r produced non-finite scores for %d of %d inputs", task.name, len(bad),
+                            len(r.features))
+                results.append(NonFinite(f"adapter {task.name!r} produced non-finite scores (NaN or infinity) "
+                                         f"for input(s) {bad[:10]}; the adapter is broken for these inputs"))
+                continue
             results.append(format_predictions(task, logits))
         return results
 

@@ -2,6 +2,10 @@
 ``GET /metrics``. No dependency: a lock, a few Counters, and a small fixed-bucket histogram.
 
 The worker records batches (:meth:`Metrics.batch`), the HTTP layer requests and predictions.
+
+Every label set is bounded whatever clients send: routes are the app's route templates (or ``unmatched``),
+methods the standard ones (or ``OTHER``), tasks the loaded adapters -- a prediction for any other name is
+counted under ``task="_unknown"`` (:data:`UNKNOWN`), and an adapter's series go when it is unloaded.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import collections
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+UNKNOWN = "_unknown"  # the task label of predictions for names that are not loaded adapters
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class Histogram:
@@ -52,6 +59,7 @@ class Metrics:
         self.requests: collections.Counter = collections.Counter()  # (route, method, code)
         self.predictions: collections.Counter = collections.Counter()  # (task, code)
         self.inputs: collections.Counter = collections.Counter()  # task
+        self.drops: collections.Counter = collections.Counter()  # reason: "expired" | "nonfinite"
         self.batches = 0
         self.batch_failures = 0
         self.batch_rows = Histogram([1, 2, 4, 8, 16, 32, 64, 128, 256])
@@ -60,15 +68,29 @@ class Metrics:
         self.latency = Histogram([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
 
     def request(self, route: str, method: str, code: int) -> None:
+        method = method if method in METHODS else "OTHER"
         with self.lock:
             self.requests[(route, method, code)] += 1
 
-    def prediction(self, task: str, code: int, inputs: int, seconds: float | None) -> None:
+    def prediction(self, task: str | None, code: int, inputs: int, seconds: float | None) -> None:
+        """One predict request's outcome; ``task`` None (or :data:`UNKNOWN`) for a name that is not loaded."""
+        task = task or UNKNOWN
         with self.lock:
             self.predictions[(task, code)] += 1
             if code == 200:
                 self.inputs[task] += inputs
                 self.latency.observe(seconds)
+
+    def dropped(self, reason: str) -> None:
+        with self.lock:
+            self.drops[reason] += 1
+
+    def forget(self, task: str) -> None:
+        """Drop an unloaded adapter's series, so that the label set follows the loaded adapters."""
+        with self.lock:
+            for key in [k for k in self.predictions if k[0] == task]:
+                del self.predictions[key]
+            self.inputs.pop(task, None)
 
     def batch(self, rows: int, tasks: int, seconds: float, ok: bool) -> None:
         with self.lock:
@@ -94,6 +116,10 @@ class Metrics:
             out += _header("adapterkit_batch_failures_total", "counter",
                            "Batches that raised (retried request by request).")
             out += [f"adapterkit_batch_failures_total {self.batch_failures}"]
+            out += _header("adapterkit_dropped_requests_total", "counter",
+                           "Requests refused by the worker: past their deadline, or non-finite scores.")
+            out += [f'adapterkit_dropped_requests_total{{reason="{r}"}} {self.drops[r]}'
+                    for r in ("expired", "nonfinite")]
             for name, hist, help_ in (
                 ("adapterkit_batch_rows", self.batch_rows, "Input rows per batch."),
                 ("adapterkit_batch_tasks", self.batch_tasks, "Distinct tasks per batch."),

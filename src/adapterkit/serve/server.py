@@ -19,7 +19,8 @@ HOT_LOADING = ("Hot loading (POST /v1/adapters) accepts any directory on the ser
 
 def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), host: str = "127.0.0.1",
           port: int = 8000, max_batch_size: int = 32, batch_window_ms: float = 5.0, max_queue: int = 1024,
-          max_inputs: int = 64, max_length: int = 256, max_chars: int = 20_000, read_only: bool = False,
+          max_inputs: int = 64, max_length: int = 256, max_chars: int = 20_000, max_body_bytes: int = 8 << 20,
+          request_timeout: float = 30.0, tokenize_threads: int = 2, read_only: bool = False,
           threads: int | None = None, log_level: str = "info", access_log: bool = False,
           adapter_root: str | Sequence[str] | None = None) -> None:
     """Load ``model`` (an alias such as ``minilm``, or a model directory) with ``adapters`` ("name=dir") and
@@ -27,7 +28,8 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
 
     Hot loading (``POST /v1/adapters``) accepts any directory on the server unless ``adapter_root`` (one
     directory or several) or ``read_only`` is given: with ``adapter_root``, only directories that resolve
-    (symlinks followed) inside one of those roots are loaded, others get 403; ``read_only`` refuses all."""
+    (symlinks followed) inside one of those roots are loaded, others get 403, and every file is checked again
+    when it is read (its real path must stay inside the root); ``read_only`` refuses all."""
     import uvicorn
 
     from ..models import load_model
@@ -37,8 +39,9 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
     if threads:
         torch.set_num_threads(threads)
     settings = ServeSettings(max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, max_queue=max_queue,
-                             max_inputs=max_inputs, max_length=max_length, max_chars=max_chars, read_only=read_only,
-                             adapter_roots=adapter_root or ())
+                             max_inputs=max_inputs, max_length=max_length, max_chars=max_chars,
+                             max_body_bytes=max_body_bytes, request_timeout_s=request_timeout,
+                             tokenize_threads=tokenize_threads, read_only=read_only, adapter_roots=adapter_root or ())
     net, tokenizer = load_model(model, kind="classification")
     app = create_app(net, tokenizer, adapters, settings, model_name=model)
 
@@ -72,10 +75,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request before 413")
     p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per input (longer: truncated)")
     p.add_argument("--max-chars", type=int, default=d.max_chars, help="characters per text before 422")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body bytes before 413")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="SECONDS",
+                   help="a request not answered within this is dropped unrun and answered 503")
+    p.add_argument("--tokenize-threads", type=int, default=d.tokenize_threads,
+                   help="threads that tokenise requests (off the event loop)")
     p.add_argument("--read-only", action="store_true", help="refuse loading/unloading adapters over HTTP")
     p.add_argument("--adapter-root", action="append", default=None, metavar="DIR",
-                   help="hot loading accepts only directories that resolve (symlinks followed) inside DIR; "
-                   "others get 403 (repeatable). Without it any directory on the server can be loaded")
+                   help="hot loading accepts only directories that resolve (symlinks followed) inside DIR, and "
+                   "only files whose real paths stay inside it; others get 403/400 (repeatable). Without it any "
+                   "directory on the server can be loaded")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true")

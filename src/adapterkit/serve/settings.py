@@ -19,17 +19,23 @@ class ServeSettings:
     max_inputs: int = 64  # inputs per request; more -> 413
     max_length: int = 256  # tokens per input (text + pair); longer inputs are truncated
     max_chars: int = 20_000  # characters per text; longer -> 422
+    max_body_bytes: int = 8 << 20  # bytes per request body; larger -> 413 (before it is parsed)
+    request_timeout_s: float = 30.0  # a request not answered within this (queued, tokenising or running) -> 503
+    tokenize_threads: int = 2  # threads that tokenise requests (off the event loop)
     read_only: bool = False  # refuse POST/DELETE /v1/adapters
     # POST /v1/adapters loads only directories that resolve inside one of these (() = any directory).
     # Given as one directory or several; stored resolved (absolute, symlinks followed).
     adapter_roots: Sequence[str | os.PathLike] = ()
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue", "max_inputs", "max_length", "max_chars"):
+        for name in ("max_batch_size", "max_queue", "max_inputs", "max_length", "max_chars", "max_body_bytes",
+                     "tokenize_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0:
             raise ValueError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         roots = self.adapter_roots
         if isinstance(roots, (str, os.PathLike)):
             roots = [roots]
@@ -41,20 +47,31 @@ class ServeSettings:
             resolved.append(str(path))
         object.__setattr__(self, "adapter_roots", tuple(resolved))
 
-    def hot_load_path(self, path: str) -> str:
-        """The directory ``POST /v1/adapters`` may load for ``path``: ``path`` itself when no adapter roots are
-        set; else its resolved form (symlinks followed, ``..`` removed) if that is one of the roots or inside
-        one, so that a symlink cannot lead out of them. Raises :class:`Forbidden` otherwise."""
+    def hot_load_path(self, path: str) -> tuple[str, str | None]:
+        """Where ``POST /v1/adapters`` may load ``path`` from: ``(path, None)`` when no adapter roots are set;
+        else ``(resolved, root)``: its resolved form (symlinks followed, ``..`` removed) and the root it lies in.
+        Raises :class:`Forbidden` when it is in none. This is the early answer only: the load itself passes
+        ``root`` to :func:`adapterkit.io.load_adapter`, which checks every file's real path again when it reads
+        it, so a directory swapped for a symlink after this check is still refused."""
         if not self.adapter_roots:
-            return path
+            return path, None
         try:
             resolved = Path(path).resolve()
         except (OSError, ValueError, RuntimeError):  # a symlink loop, a NUL byte: cannot be inside a root
             resolved = None
-        if resolved is None or not any(resolved.is_relative_to(root) for root in self.adapter_roots):
-            raise Forbidden(f"{path} is outside the adapter roots this server loads from: "
-                            f"{', '.join(self.adapter_roots)}")
-        return str(resolved)
+        for root in self.adapter_roots:
+            if resolved is not None and resolved.is_relative_to(root):
+                return str(resolved), root
+        raise Forbidden(f"{safe(path)} is outside the adapter roots this server loads from: "
+                        f"{', '.join(self.adapter_roots)}")
+
+
+def safe(text: str, limit: int = 300) -> str:
+    """``text`` made fit for a one-line JSON error: lone surrogates (not UTF-8) escaped, cut to ``limit``."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ServeError(Exception):
@@ -93,6 +110,23 @@ class Conflict(ServeError):
 
 class BadAdapter(ServeError):
     status = 400
+
+
+class Expired(ServeError):
+    """Not answered within ``request_timeout_s``: dropped before it ran."""
+
+    status = 503
+
+    @classmethod
+    def after(cls, seconds: float) -> Expired:
+        return cls(f"the request waited longer than its deadline ({seconds:g} s) and was dropped before it ran; "
+                   "retry later", {"Retry-After": "1"})
+
+
+class NonFinite(ServeError):
+    """The adapter produced NaN or infinite scores for these inputs: refused rather than served as null."""
+
+    status = 422
 
 
 class Forbidden(ServeError):

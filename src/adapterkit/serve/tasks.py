@@ -40,6 +40,16 @@ def task_from_model(model, name: str, path: str | None, meta: dict, settings: Se
     extra["label_names"], else LABEL_i)."""
     head = get_state(model).heads[name]
     extra = meta.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise BadAdapter(f"adapter {name!r}: extra in adapter_config.json is not an object")
+    if extra.get("kind") is not None and not isinstance(extra["kind"], str):
+        raise BadAdapter(f"adapter {name!r}: extra.kind in adapter_config.json is not a string")
+    names = extra.get("label_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(x, str) for x in names)):
+        raise BadAdapter(f"adapter {name!r}: extra.label_names in adapter_config.json is not a list of strings")
+    length = extra.get("max_length")
+    if length is not None and not (type(length) is int and length > 0):  # noqa: E721 - not a bool
+        raise BadAdapter(f"adapter {name!r}: extra.max_length in adapter_config.json is not a positive integer")
     if head.kind not in SERVED_HEADS or extra.get("kind") in ("qa", "lm"):
         raise BadAdapter(f"adapter {name!r} has a {extra.get('kind') or head.kind} head; the server serves "
                          "sequence classification and regression adapters")
@@ -58,7 +68,7 @@ def _max_length(extra: dict, settings: ServeSettings, model_limit: int | None) -
     """Tokens per input: the server's limit, the length the adapter was trained with (extra["max_length"],
     written by ``adapterkit train``) and the model's own limit, whichever is least."""
     limits = [settings.max_length, model_limit, extra.get("max_length")]
-    return min(x for x in limits if isinstance(x, int) and x > 0)
+    return min(x for x in limits if type(x) is int and x > 0)  # noqa: E721 - not a bool
 
 
 def model_max_length(model, tokenizer) -> int | None:
