@@ -12,6 +12,18 @@ import adapterkit as ak
 from adapterkit.io import CONFIG_FILE, WEIGHTS_FILE
 
 
+def resign(config_path, mutate=None):
+    """Edit an adapter_config.json and re-sign it (a consistent config_sha256): what gets past the checksum."""
+    from adapterkit.checks import config_digest
+
+    meta = json.loads(config_path.read_text())
+    if mutate is not None:
+        mutate(meta)
+    meta["config_sha256"] = config_digest(meta)
+    config_path.write_text(json.dumps(meta))
+    return meta
+
+
 def _trained(arch="bert", name="a", config=None, head=None, seed=0):
     model, inputs = tiny_model(arch, seed=seed), tiny_inputs(arch)
     ak.add_adapter(model, name, config or ak.AdapterConfig(size=8), head=head)
@@ -76,9 +88,9 @@ def test_damaged_adapter_directory_fails_clearly_and_loads_nothing(tmp_path, dam
         weights.write_bytes(data[: len(data) // 2])
     elif damage == "garbage":
         weights.write_bytes(b"\xff" * 64)
-        meta = json.loads(config.read_text())
-        meta.pop("files")  # no checksum to catch it: the safetensors reader must
-        config.write_text(json.dumps(meta))
+        import hashlib  # a matching checksum: the safetensors header check must catch it
+
+        resign(config, lambda m: m["files"].update({WEIGHTS_FILE: hashlib.sha256(b"\xff" * 64).hexdigest()}))
     elif damage == "missing_weights":
         weights.unlink()
     elif damage == "missing_config":
@@ -96,9 +108,7 @@ def test_damaged_adapter_directory_fails_clearly_and_loads_nothing(tmp_path, dam
 def test_tensor_mismatch_is_caught_before_anything_is_copied(tmp_path):
     model, _ = _trained(config=ak.AdapterConfig(size=8))
     path = ak.save_adapter(model, "a", tmp_path / "a")
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    meta["config"]["size"] = 16  # the config now disagrees with the tensors
-    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    resign(path / CONFIG_FILE, lambda m: m["config"].update(size=16))  # the config now disagrees with the tensors
     fresh = tiny_model("bert")
     with pytest.raises(ak.AdapterLoadError, match="has shape"):
         ak.load_adapter(fresh, path)
@@ -111,10 +121,14 @@ def test_save_is_atomic_and_replaces_an_existing_directory(tmp_path, monkeypatch
     before = (path / WEIGHTS_FILE).read_bytes()
     import adapterkit.io as io
 
-    def crash(*a, **k):
-        raise OSError("disk full")
+    real_write = io._write
 
-    monkeypatch.setattr(io, "save_file", crash)
+    def crash(path, data):  # the weights are written, the config is not
+        if path.name == CONFIG_FILE:
+            raise OSError("disk full")
+        real_write(path, data)
+
+    monkeypatch.setattr(io, "_write", crash)
     with pytest.raises(OSError, match="disk full"):
         ak.save_adapter(model, "a", tmp_path / "a")
     assert (path / WEIGHTS_FILE).read_bytes() == before  # the old adapter is intact

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,15 +17,35 @@ PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
 ACTIVATIONS = ("gelu", "relu", "swish", "silu", "tanh", "identity")
 
 
+# The widest bottleneck add_adapter builds, as a multiple of the hidden size it sits on. A bottleneck is
+# narrower than the hidden size (the paper: 8 to 256 on 768); the headroom is for tiny test models, and the
+# cap keeps a damaged or hostile config (size 300000) from allocating gigabytes.
+MAX_SIZE_FACTOR = 4
+
+
 class AdapterConfigError(ValueError):
     """An AdapterConfig field has an invalid value."""
+
+
+def _r(x: Any) -> str:
+    """A short one-line repr for messages (a config file may hold a 1 MB string)."""
+    return reprlib.repr(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
     """How one adapter is shaped and where it sits.
 
-    size:              bottleneck width m. Give this or ``reduction_factor``; neither means 64.
+    size:              bottleneck width m. Give this or ``reduction_factor``; neither means 64. add_adapter
+                       refuses an m over MAX_SIZE_FACTOR (4) times the hidden size.
     reduction_factor:  m = hidden_size / reduction_factor (rounded, at least 1).
     activation:        nonlinearity between the down- and up-projection.
     init_std:          std of the truncated-normal init of both projections (cut at 2 std);
@@ -53,29 +74,35 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.size is not None and self.reduction_factor is not None:
             raise AdapterConfigError("give either size or reduction_factor, not both")
-        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
-            raise AdapterConfigError(f"size must be a positive integer, got {self.size!r}")
-        if self.reduction_factor is not None and not self.reduction_factor > 0:
-            raise AdapterConfigError(f"reduction_factor must be > 0, got {self.reduction_factor!r}")
-        if self.activation not in ACTIVATIONS:
-            raise AdapterConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if not (isinstance(self.init_std, (int, float)) and 0 <= self.init_std < float("inf")):
-            raise AdapterConfigError(f"init_std must be a finite number >= 0 (default 1e-3: near identity), got {self.init_std!r}")
-        if self.placement not in PLACEMENTS:
-            raise AdapterConfigError(f"unknown placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if self.size is not None and (not _is_int(self.size) or self.size < 1):
+            raise AdapterConfigError(f"size must be a positive integer, got {_r(self.size)}")
+        if self.reduction_factor is not None and not (_is_number(self.reduction_factor) and 0 < self.reduction_factor < float("inf")):
+            raise AdapterConfigError(f"reduction_factor must be a finite number > 0, got {_r(self.reduction_factor)}")
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            raise AdapterConfigError(f"unknown activation {_r(self.activation)}; choose one of {', '.join(ACTIVATIONS)}")
+        if not (_is_number(self.init_std) and 0 <= self.init_std < float("inf")):
+            raise AdapterConfigError(f"init_std must be a finite number >= 0 (default 1e-3: near identity), got {_r(self.init_std)}")
+        if not isinstance(self.placement, str) or self.placement not in PLACEMENTS:
+            raise AdapterConfigError(f"unknown placement {_r(self.placement)}; choose one of {', '.join(PLACEMENTS)}")
+        if not (_is_number(self.scaling) and abs(self.scaling) < float("inf")):
+            raise AdapterConfigError(f"scaling must be a finite number, got {_r(self.scaling)}")
         if self.placement != "parallel" and self.scaling != 1.0:
             raise AdapterConfigError("scaling applies to placement='parallel' only")
+        if not isinstance(self.train_layer_norms, bool):
+            raise AdapterConfigError(f"train_layer_norms must be True or False, got {_r(self.train_layer_norms)}")
         if self.layers is not None:
+            if not isinstance(self.layers, (list, tuple, range)):
+                raise AdapterConfigError(f"layers must be a list of layer indices or None, got {_r(self.layers)}")
             layers = tuple(self.layers)
-            if not layers or any(not isinstance(i, int) or i < 0 for i in layers) or len(set(layers)) != len(layers):
-                raise AdapterConfigError(f"layers must be distinct non-negative integers, got {self.layers!r}")
+            if not layers or any(not _is_int(i) or i < 0 for i in layers) or len(set(layers)) != len(layers):
+                raise AdapterConfigError(f"layers must be distinct non-negative integers, got {_r(self.layers)}")
             object.__setattr__(self, "layers", tuple(sorted(layers)))
 
     def bottleneck_size(self, hidden_size: int) -> int:
         if self.size is not None:
             return self.size
         if self.reduction_factor is not None:
-            return max(1, round(hidden_size / self.reduction_factor))
+            return max(1, round(min(hidden_size / self.reduction_factor, 2.0**62)))  # 1e-320 would be inf
         return 64
 
     def check_layers(self, num_layers: int) -> None:
@@ -92,13 +119,12 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AdapterConfig":
+        if not isinstance(d, dict):
+            raise AdapterConfigError(f"an AdapterConfig must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise AdapterConfigError(f"unknown AdapterConfig field(s) {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        if d.get("layers") is not None:
-            d["layers"] = tuple(d["layers"])
         return cls(**d)
 
     def to_json(self) -> str:

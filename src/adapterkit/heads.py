@@ -18,11 +18,16 @@ all-MiniLM-L6-v2 ship an untrained (random) pooler; docs/results.md measures bot
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 from torch import nn
 
 HEAD_KINDS = ("own", "classification", "regression", "shared")
+# The widest head an adapter may have: more labels than this is a damaged or hostile config, not a task
+# (65536 labels on a 1024-wide model is already a 256 MB output layer).
+MAX_LABELS = 65536
+MAX_LABEL_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,11 @@ class HeadConfig:
     train_pooler: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise ValueError(f"unknown head kind {self.kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+        if not isinstance(self.kind, str) or self.kind not in HEAD_KINDS:
+            raise ValueError(f"unknown head kind {reprlib.repr(self.kind)}; choose one of {', '.join(HEAD_KINDS)}")
+        if self.num_labels is not None and (not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool)
+                                            or not 1 <= self.num_labels <= MAX_LABELS):
+            raise ValueError(f"num_labels must be an integer from 1 to {MAX_LABELS}, got {reprlib.repr(self.num_labels)}")
         if self.kind == "regression" and self.num_labels not in (None, 1):
             raise ValueError("a regression head has exactly one output")
         if self.kind == "regression":
@@ -44,6 +52,10 @@ class HeadConfig:
         if not isinstance(self.train_pooler, bool):
             raise ValueError(f"train_pooler must be True or False, got {self.train_pooler!r}")
         if self.labels is not None:
+            if not isinstance(self.labels, (list, tuple)) or len(self.labels) > MAX_LABELS or not all(
+                    isinstance(n, str) and len(n) <= MAX_LABEL_CHARS for n in self.labels):
+                raise ValueError(f"labels must be a list of at most {MAX_LABELS} label names (strings of at most "
+                                 f"{MAX_LABEL_CHARS} characters), got {reprlib.repr(self.labels)}")
             object.__setattr__(self, "labels", tuple(self.labels))
             if self.num_labels is not None and len(self.labels) != self.num_labels:
                 raise ValueError(f"{len(self.labels)} label names for {self.num_labels} labels")
@@ -63,8 +75,11 @@ class HeadConfig:
         if isinstance(head, str):
             return cls(head)
         if isinstance(head, dict):
+            unknown = sorted(map(str, set(head) - {"kind", "num_labels", "labels", "train_pooler"}))
+            if unknown:
+                raise ValueError(f"unknown head field(s) {reprlib.repr(unknown)}; known: kind, num_labels, labels, train_pooler")
             return cls(**head)
-        raise ValueError(f"head must be None, a number of labels, 'regression', a dict or a HeadConfig, got {head!r}")
+        raise ValueError(f"head must be None, a number of labels, 'regression', a dict or a HeadConfig, got {reprlib.repr(head)}")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "num_labels": self.num_labels, "labels": list(self.labels) if self.labels else None,
@@ -92,4 +107,24 @@ def _init_linear(linear: nn.Linear, std: float) -> None:
         nn.init.zeros_(linear.bias)
 
 
-__all__ = ["HEAD_KINDS", "HeadConfig", "replace_last_linear"]
+def head_shapes(template: nn.Module, num_outputs: int | None) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of a copy of ``template`` -- with its last nn.Linear resized to ``num_outputs``
+    when given, as :func:`replace_last_linear` does -- computed without building anything."""
+    shapes = {k: tuple(v.shape) for k, v in template.state_dict().items()}
+    if num_outputs is None:
+        return shapes
+    linears = [(name, m) for name, m in template.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"cannot resize head {type(template).__name__}: it has no nn.Linear output layer")
+    name, last = linears[-1]
+    prefix = f"{name}." if name else ""
+    for k in list(shapes):
+        if k.startswith(prefix) and "." not in k[len(prefix):]:
+            del shapes[k]  # the old layer's own tensors: the fresh nn.Linear has weight and bias only
+    shapes[f"{prefix}weight"] = (num_outputs, last.in_features)
+    if last.bias is not None:
+        shapes[f"{prefix}bias"] = (num_outputs,)
+    return shapes
+
+
+__all__ = ["HEAD_KINDS", "MAX_LABELS", "HeadConfig", "head_shapes", "replace_last_linear"]

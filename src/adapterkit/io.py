@@ -1,11 +1,16 @@
 """Saving and loading adapters: safetensors only, checked against the base model, written atomically.
 
 An adapter directory holds
-  adapter_config.json         {"name", "config", "head", "base_model" (fingerprint), "parameters" (counts),
-                               "files" (sha256), "extra"}
+  adapter_config.json         {"adapterkit_format": 2, "name", "config", "head", "base_model" (fingerprint),
+                               "parameters" (counts), "files" (sha256 of the weights), "extra",
+                               "config_sha256" (sha256 of the canonical JSON of all the other fields)}
   adapter_model.safetensors   the adapter's bottlenecks, layer-norm copies and head -- nothing else
 Tensor keys are the model's state-dict keys without the adapter's name (``...dense.adapters.down.weight``),
 so an adapter can be loaded under another name. No pickle is ever read.
+
+Format 2 (written since issue 13) adds config_sha256; format 1 (no config checksum) is still read, but the
+weights checksum in "files" is required for both. What a load checks, and how it reads files, is in
+``checks.py``.
 """
 
 from __future__ import annotations
@@ -13,37 +18,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
+import secrets
 import shutil
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .architectures import detect, resolve
+from .checks import (CONFIG_FILE, FORMAT_VERSION, MAX_CONFIG_BYTES, MAX_HEADER_BYTES, WEIGHTS_FILE, AdapterLoadError,
+                     check_header, check_meta, config_digest, parse_json, read_file, resolve_directory)
 from .config import AdapterConfig
 from .heads import HeadConfig
-from .model import _output_dim, _require, adapter_modules, adapter_summary, add_adapter, remove_adapter
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-FORMAT_VERSION = 1
-
-
-class AdapterLoadError(ValueError):
-    """An adapter directory cannot be loaded into this model; nothing was changed."""
-
-
-def _adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path, holder in adapter_modules(model):
-        if name in holder.adapters:
-            for rel, tensor in holder.adapters[name].state_dict().items():
-                tensors[f"{path}.{rel}"] = tensor
-    return tensors
+from .model import _insert, _output_dim, _require, adapter_summary, adapter_tensors, planned_tensors
 
 
 def fingerprint(model: nn.Module) -> dict[str, Any]:
@@ -67,40 +60,63 @@ def fingerprint(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def save_adapter(model: nn.Module, name: str, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write adapter ``name`` to ``directory`` atomically: everything goes to a temporary sibling directory
-    first, which then replaces ``directory`` in one rename. ``extra`` (JSON-able) is stored alongside."""
+    first, which then replaces ``directory`` in one rename. ``extra`` (a JSON-able dict) is stored alongside.
+
+    ``directory`` must be new, empty, or an adapter directory written before (only its two files): a
+    regular file, a symlink or a directory holding anything else raises FileExistsError and is left alone.
+    Equal tensors give byte-identical files; files are created with the usual permissions (0o644 and 0o755
+    under a 022 umask)."""
     state = _require(model, name)
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"extra must be a JSON-able dict or None, got {type(extra).__name__}")
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    _check_target(directory)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sorted(adapter_tensors(model, name).items())}
+    weights = save_safetensors(tensors, metadata={"format": "pt"})  # one metadata key: its order cannot vary
+    meta = {
+        "adapterkit_format": FORMAT_VERSION,
+        "name": name,
+        "config": state.configs[name].to_dict(),
+        "head": state.heads[name].to_dict(),
+        "base_model": fingerprint(model),
+        "parameters": {k: v for k, v in adapter_summary(model)[name].items() if k != "percent"},
+        "files": {WEIGHTS_FILE: _sha256(weights)},
+        "extra": extra or {},
+    }
+    meta = json.loads(json.dumps(meta))  # as a reader will see it (tuples -> lists, int keys -> strings)
+    meta["config_sha256"] = config_digest(meta)
+    text = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("ascii")
+    shown = str(directory / CONFIG_FILE)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{shown} would be {len(text)} bytes, over the {MAX_CONFIG_BYTES} a load accepts; store less in extra")
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in _adapter_tensors(model, name).items()}
-        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt", "adapterkit": str(FORMAT_VERSION)})
-        meta = {
-            "adapterkit_format": FORMAT_VERSION,
-            "name": name,
-            "config": state.configs[name].to_dict(),
-            "head": state.heads[name].to_dict(),
-            "base_model": fingerprint(model),
-            "parameters": {k: v for k, v in adapter_summary(model)[name].items() if k != "percent"},
-            "files": {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)},
-            "extra": extra or {},
-        }
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        check_meta(parse_json(text), shown)  # what is written can be read back
+    except ValueError as e:
+        raise ValueError(f"extra cannot be saved so that it loads again ({e}); pass plain JSON data") from None
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_directory(directory.parent, f".{directory.name}.tmp-")
+    try:
+        _write(tmp / WEIGHTS_FILE, weights)
+        _write(tmp / CONFIG_FILE, text)
+        _fsync(tmp)
+        _check_target(directory)  # again: nothing may have appeared there meanwhile
         old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        if os.path.lexists(directory):
+            old = directory.with_name(f".{directory.name}.old-{secrets.token_hex(6)}")
             os.replace(directory, old)
-        os.replace(tmp, directory)
+        try:
+            os.replace(tmp, directory)
+        except BaseException:
+            if old is not None:
+                os.replace(old, directory)
+            raise
+        _fsync(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -109,66 +125,135 @@ def save_adapter(model: nn.Module, name: str, directory: str | os.PathLike, extr
     return directory
 
 
-def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed adapter_config.json, or AdapterLoadError saying what is wrong."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise AdapterLoadError(f"{path} not found: is {directory} an adapter directory written by save_adapter?")
+def _check_target(directory: Path) -> None:
+    """save_adapter replaces only what it wrote itself: a new path, an empty directory, or an adapter directory."""
     try:
-        meta = json.loads(path.read_text())
-        AdapterConfig.from_dict(meta["config"])
-        HeadConfig(**{**meta["head"], "labels": meta["head"].get("labels")})
-    except (ValueError, KeyError, TypeError) as e:
-        raise AdapterLoadError(f"{path} is not a valid adapter config ({e}); re-save the adapter") from None
-    return meta
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise FileExistsError(f"{directory} is a symlink; save to the directory it points to, or to a new path")
+    if not stat.S_ISDIR(st.st_mode):
+        raise FileExistsError(f"{directory} exists and is not a directory; pick a new path for the adapter")
+    entries = set(os.listdir(directory))
+    if not entries:
+        return
+    foreign = sorted(entries - {CONFIG_FILE, WEIGHTS_FILE})
+    try:
+        meta = parse_json(read_file(str(directory), CONFIG_FILE, None, MAX_CONFIG_BYTES, str(directory / CONFIG_FILE)))
+        ours = isinstance(meta, dict) and "adapterkit_format" in meta
+    except ValueError:  # AdapterLoadError too
+        ours = False
+    if not ours or foreign:
+        what = f"holds {foreign[0]!r}, which adapterkit did not write" if ours else "is not an adapterkit adapter directory"
+        raise FileExistsError(f"{directory} {what}; save_adapter replaces the whole directory, so pick a new or empty path")
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | None = None, check_base: bool = True) -> str:
+def _new_directory(parent: Path, prefix: str) -> Path:
+    """A fresh directory with the umask's permissions (mkdtemp's are 0o700)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not possible everywhere (Windows): durability then rests on the files' own fsync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_adapter_config(directory: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The parsed, checked adapter_config.json of ``directory``, or AdapterLoadError saying what is wrong.
+    With ``root``, the directory and the file must resolve inside ``root`` (links included)."""
+    real_dir, real_root = resolve_directory(directory, root)
+    return _read_config(directory, real_dir, real_root)
+
+
+def _read_config(directory, real_dir: str, real_root: str | None) -> dict[str, Any]:
+    shown = os.path.join(os.fspath(directory), CONFIG_FILE)
+    data = read_file(real_dir, CONFIG_FILE, real_root, MAX_CONFIG_BYTES, shown)
+    try:
+        meta = parse_json(data)
+    except ValueError as e:  # not UTF-8, not JSON, duplicate keys, too deep, lone surrogates
+        raise AdapterLoadError(f"{shown} is not valid JSON ({e}); re-save the adapter") from None
+    return check_meta(meta, shown)
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | None = None, check_base: bool = True,
+                 root: str | os.PathLike | None = None) -> str:
     """Load an adapter saved by :func:`save_adapter` into ``model`` under ``name`` (default: its saved name).
-    Everything is checked before the model is touched: the base-model fingerprint, the file checksum, the
-    tensor names and shapes. On any error the model is left as it was. Returns the adapter's name."""
-    directory = Path(directory)
-    meta = read_adapter_config(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise AdapterLoadError(f"{weights} not found: the adapter directory is incomplete; re-save the adapter")
-    expected_sha = meta.get("files", {}).get(WEIGHTS_FILE)
-    if expected_sha and _sha256(weights) != expected_sha:
-        raise AdapterLoadError(f"{weights} is corrupted (checksum mismatch); re-save or re-download the adapter")
-    try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise AdapterLoadError(f"{weights} is not a readable safetensors file ({e}); re-save the adapter") from None
 
-    name = name or meta["name"]
+    Everything is checked before the model is touched: the config (types, limits from the model, its
+    checksum), the base-model fingerprint, the weights' checksum, and the safetensors header against the
+    tensors this config gives in this model, then that every value is finite. Each file is read once and
+    what was checked is what is loaded. With ``root``, the directory and each file must resolve inside
+    ``root`` (symlinks included). On any error the model is left exactly as it was. Returns the name."""
+    real_dir, real_root = resolve_directory(directory, root)
+    meta = _read_config(directory, real_dir, real_root)
+    shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
+    name = meta["name"] if name is None else name
     config = AdapterConfig.from_dict(meta["config"])
-    head = HeadConfig(**meta["head"])
+    head = HeadConfig.coerce(meta["head"], model_has_head=True)
     if check_base:
         _check_fingerprint(meta["base_model"], fingerprint(model))
-    add_adapter(model, name, config, head=head)
     try:
-        own = {k: v for k, v in _adapter_tensors(model, name).items()}
-        own = {k.replace(f".adapters.{name}.", ".adapters."): v for k, v in own.items()}
-        missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-        if missing or unexpected:
-            raise AdapterLoadError(
-                f"{weights} does not fit this model: {len(missing)} missing tensor(s) (e.g. {missing[:1]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:1]}); was it saved from another architecture?")
-        for key, target in own.items():
-            if tensors[key].shape != target.shape:
-                raise AdapterLoadError(f"{weights}: tensor {key} has shape {tuple(tensors[key].shape)}, "
-                                       f"the model expects {tuple(target.shape)}")
+        expected = planned_tensors(model, config, head)
+    except ValueError as e:  # over the model's limits, layers it lacks, no head to copy
+        raise AdapterLoadError(f"{directory}: the adapter does not fit this model ({e})") from None
+    limit = 8 + MAX_HEADER_BYTES + 8 * sum(_numel(s) for s in expected.values())
+    data = read_file(real_dir, WEIGHTS_FILE, real_root, limit, shown)
+    if _sha256(data) != meta["files"][WEIGHTS_FILE]:
+        raise AdapterLoadError(f"{shown} is corrupted (checksum mismatch); re-save or re-download the adapter")
+    check_header(data, expected, shown)
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
+        raise AdapterLoadError(f"{shown} is not a readable safetensors file ({e}); re-save the adapter") from None
+    del data
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise AdapterLoadError(f"{shown}: tensor {key} holds NaN or infinite values (a diverged training run?); "
+                                   "retrain or re-save the adapter from a good checkpoint")
+
+    def fill(own: dict[str, torch.Tensor]) -> None:
+        if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
+            raise AdapterLoadError(f"{shown} does not fit the adapter built for it; re-save the adapter")
         with torch.no_grad():
             for key, target in own.items():
                 target.copy_(tensors[key])
-    except BaseException:
-        remove_adapter(model, name)
-        raise
+
+    _insert(model, name, config, head, None, fill=fill)
     return name
 
 
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def _check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    diffs = [f"{k}: adapter {saved.get(k)!r} vs model {current.get(k)!r}" for k in current if saved.get(k) != current.get(k)]
+    diffs = [f"{k}: adapter {reprlib.repr(saved.get(k))} vs model {current.get(k)!r}" for k in current if saved.get(k) != current.get(k)]
     if diffs:
         raise AdapterLoadError("adapter was trained on a different base model (" + "; ".join(diffs) +
                                "); load it into the model it was trained on, or pass check_base=False")

@@ -90,8 +90,16 @@ class AdapterModule(nn.Module):
 
     def detach_hooks(self) -> None:
         """Unhook from the model (called when the last adapter here is removed)."""
-        for handle in self._handles:
-            handle.remove()
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _hook(self, register, *args, **kwargs) -> None:
+        """Register a hook and keep its handle; if that fails, undo the ones this holder registered."""
+        try:
+            self._handles.append(register(*args, **kwargs))
+        except BaseException:
+            self.detach_hooks()
+            raise
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -114,21 +122,31 @@ class BottleneckLayer(AdapterModule):
         super().__init__(routing)
         self.parallel: dict[str, float] = {}  # adapter name -> scaling, for parallel adapters only
         self._sublayer_input: torch.Tensor | None = None
-        self._handles = [output_module.register_forward_hook(self._on_output)]
-        self._captures_input = False
+        self._handles = []
+        self._capture_handle = None  # the sublayer-input hook, while some adapter here is parallel
+        self._hook(output_module.register_forward_hook, self._on_output)
 
     def add(self, name: str, bottleneck: Bottleneck, parallel_input: nn.Module | None = None, scaling: float = 1.0) -> None:
         """Serial adapter, or, given the sublayer's input module, a parallel one fed by that input."""
         self.adapters[name] = bottleneck
         if parallel_input is not None:
             self.parallel[name] = scaling
-            if not self._captures_input:  # hook the input only once some adapter here needs it
-                self._handles.append(parallel_input.register_forward_pre_hook(self._capture_input, with_kwargs=True))
-                self._captures_input = True
+            if self._capture_handle is None:  # hook the input only while some adapter here needs it
+                self._capture_handle = parallel_input.register_forward_pre_hook(self._capture_input, with_kwargs=True)
+                self._handles.append(self._capture_handle)
 
     def remove(self, name: str) -> None:
         super().remove(name)
         self.parallel.pop(name, None)
+        if not self.parallel and self._capture_handle is not None:  # the last parallel adapter here: unhook the input
+            self._capture_handle.remove()
+            self._handles.remove(self._capture_handle)
+            self._capture_handle = None
+            self._sublayer_input = None
+
+    def detach_hooks(self) -> None:
+        super().detach_hooks()
+        self._capture_handle = None
 
     def _capture_input(self, module, args, kwargs):
         if self.parallel:
@@ -189,10 +207,11 @@ class ModuleCopies(AdapterModule):
         # Snapshot the module before anything of ours hangs on it; copies start from it.
         self.__dict__["_template"] = copy.deepcopy(module)
         self.__dict__["_base"] = module
-        self._handles = [module.register_forward_hook(self._on_output, with_kwargs=True)]
         self._swapped: dict | None = None  # the base module's parameters while an adapter's are in place
+        self._handles = []
+        self._hook(module.register_forward_hook, self._on_output, with_kwargs=True)
         if role == "layer_norm":
-            self._handles.append(module.register_forward_pre_hook(self._swap_in))
+            self._hook(module.register_forward_pre_hook, self._swap_in)
 
     def copy_of_base(self) -> nn.Module:
         """A fresh copy of the module with the base module's current weights."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+import reprlib
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +19,8 @@ from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, head_modules, pooler_module, resolve
 from .bottleneck import Bottleneck
-from .config import AdapterConfig
-from .heads import HeadConfig, replace_last_linear
+from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
+from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -79,13 +81,15 @@ def adapter_modules(model: nn.Module) -> Iterator[tuple[str, AdapterModule]]:
             yield path, module
 
 
-def _holder(module: nn.Module, make) -> AdapterModule:
-    """The adapter holder hanging on ``module`` (its ``adapters`` child), created on first use."""
+def _holder(module: nn.Module, make, created: list) -> AdapterModule:
+    """The adapter holder hanging on ``module`` (its ``adapters`` child), created on first use (and then
+    recorded in ``created``, so that a failed add_adapter can take it away again)."""
     existing = module._modules.get("adapters")
     if existing is None:
         if hasattr(module, "adapters"):
             raise ValueError(f"{type(module).__name__} already has an attribute 'adapters' not made by adapterkit")
         existing = make()
+        created.append((module, existing))
         module.add_module("adapters", existing)
     return existing
 
@@ -105,6 +109,72 @@ def _sublayers(layer: LayerSites, placement: str) -> list[tuple[nn.Module, nn.Mo
     return [ffn] if placement == "pfeiffer" else [attention, ffn]
 
 
+@dataclass
+class _Plan:
+    """What add_adapter will build, worked out (and checked against the model's limits) before anything is
+    allocated: the steps in order, and the state-dict shapes the new adapter's tensors will have."""
+
+    head: HeadConfig
+    steps: list[tuple]  # ("bottleneck", output module, input module, d, m) | ("norm", module) | ("head", module, resize)
+    shapes: dict[str, tuple[int, ...]]  # key without the adapter's name (as in an adapter file) -> shape
+
+
+def _template(module: nn.Module) -> nn.Module:
+    """The module as copies of it start from: its snapshot if adapterkit already holds copies of it."""
+    holder = module._modules.get("adapters")
+    return holder._template if isinstance(holder, ModuleCopies) else module
+
+
+def _plan(model: nn.Module, spec: ArchitectureSpec, config: AdapterConfig, head) -> _Plan:
+    if not isinstance(config, AdapterConfig):
+        raise ValueError(f"config must be an AdapterConfig, got {type(config).__name__}")
+    layers = resolve(model, spec)
+    config.check_layers(len(layers))
+    heads = head_modules(model, spec)
+    head = HeadConfig.coerce(head, model_has_head=bool(heads))
+    pooler = pooler_module(model, spec) if head.train_pooler and heads else None
+    heads = ([pooler] if pooler is not None else []) + heads  # the pooler copy first, the output layer last
+    if head.kind != "shared" and not heads:
+        raise ValueError(f"{type(model).__name__} has no task head to copy ({spec.head}); load the model with "
+                         "its task class (e.g. AutoModelForSequenceClassification) or pass head='shared'")
+    paths = {id(m): p for p, m in model.named_modules()}
+    steps, shapes = [], {}
+
+    def expect(module: nn.Module, tensors: dict[str, tuple[int, ...]]) -> None:
+        shapes.update({f"{paths[id(module)]}.adapters.{k}": v for k, v in tensors.items()})
+
+    for index, layer in enumerate(layers):
+        if config.layers is not None and index not in config.layers:
+            continue
+        for output_module, input_module in _sublayers(layer, config.placement):
+            d = _output_dim(output_module)
+            m = config.bottleneck_size(d)
+            if m > MAX_SIZE_FACTOR * d:
+                raise AdapterConfigError(
+                    f"bottleneck size {m} is over {MAX_SIZE_FACTOR}x the hidden size {d} of {paths[id(output_module)]}; "
+                    f"use a size of at most {MAX_SIZE_FACTOR * d} (adapters are usually 8 to 256 wide)")
+            steps.append(("bottleneck", output_module, input_module, d, m))
+            expect(output_module, {"down.weight": (m, d), "down.bias": (m,), "up.weight": (d, m), "up.bias": (d,)})
+        if config.train_layer_norms:
+            for norm in layer.layer_norms:
+                steps.append(("norm", norm))
+                expect(norm, {k: tuple(v.shape) for k, v in _template(norm).state_dict().items()})
+    if head.kind != "shared":
+        for j, module in enumerate(heads):
+            resize = head.num_labels if head.kind in ("classification", "regression") and j == len(heads) - 1 else None
+            steps.append(("head", module, resize))
+            expect(module, head_shapes(_template(module), resize))
+    return _Plan(head, steps, shapes)
+
+
+def planned_tensors(model: nn.Module, config: AdapterConfig | None = None, head: HeadConfig | int | str | dict | None = None,
+                    spec: ArchitectureSpec | None = None) -> dict[str, tuple[int, ...]]:
+    """The tensors :func:`add_adapter` would give an adapter with ``config`` and ``head`` (keys as in a saved
+    adapter file, i.e. without the adapter's name -> shapes), after the same checks, allocating nothing."""
+    state = model.__dict__.get("adapterkit")
+    return _plan(model, state.spec if state else spec or detect(model), config or AdapterConfig(), head).shapes
+
+
 def add_adapter(
     model: nn.Module,
     name: str,
@@ -116,56 +186,91 @@ def add_adapter(
 
     ``head``: None (a copy of the model's own head; shared if it has none, e.g. a causal LM), a number of
     labels, ``"regression"``, or a :class:`HeadConfig`. ``spec`` overrides architecture detection.
+
+    Everything is checked before anything is allocated (a bottleneck at most ``MAX_SIZE_FACTOR`` times the
+    hidden size, existing layer indices, at most ``MAX_LABELS`` labels), and the insertion is a transaction:
+    if anything fails, even a MemoryError or KeyboardInterrupt half-way, the model is left exactly as it was.
     """
-    config = config or AdapterConfig()
+    return _insert(model, name, config or AdapterConfig(), head, spec)
+
+
+def _insert(model: nn.Module, name: str, config: AdapterConfig, head, spec: ArchitectureSpec | None,
+            fill: Callable[[dict[str, torch.Tensor]], None] | None = None) -> nn.Module:
+    """add_adapter, with ``fill`` called on the new adapter's tensors (keys as in :func:`planned_tensors`)
+    before it is committed (load_adapter copies the saved weights in there)."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"adapter name must be letters, digits, '_' or '-', got {name!r}")
+        raise ValueError(f"adapter name must be letters, digits, '_' or '-', got {reprlib.repr(name)}")
     state = model.__dict__.get("adapterkit")
-    if state is None:
+    new_state = state is None
+    if new_state:
         state = AdapterState(spec=spec or detect(model), base_labels=_label_fields(model))
-        model.__dict__["adapterkit"] = state
     elif spec is not None and spec != state.spec:
         raise ValueError("this model already has adapters inserted with another architecture spec")
     if name in state.configs:
         raise ValueError(f"adapter {name!r} already exists; remove_adapter(model, {name!r}) first or pick another name")
-    layers = resolve(model, state.spec)
-    config.check_layers(len(layers))
-    heads = head_modules(model, state.spec)
-    head = HeadConfig.coerce(head, model_has_head=bool(heads))
-    pooler = pooler_module(model, state.spec) if head.train_pooler and heads else None
-    heads = ([pooler] if pooler is not None else []) + heads  # the pooler copy first, the output layer last
-    if head.kind != "shared" and not heads:
-        raise ValueError(f"{type(model).__name__} has no task head to copy ({state.spec.head}); load the model with "
-                         "its task class (e.g. AutoModelForSequenceClassification) or pass head='shared'")
-    routing = state.routing
+    plan = _plan(model, state.spec, config, head)
+    created: list[tuple[nn.Module, AdapterModule]] = []  # holders this call made
+    touched: list[AdapterModule] = []  # holders this call added to (made or not)
+    try:
+        if new_state:
+            model.__dict__["adapterkit"] = state
+        _build(model, name, config, plan, state.routing, created, touched)
+        if fill is not None:
+            fill(adapter_tensors(model, name))
+        state.configs[name] = config
+        state.heads[name] = plan.head
+    except BaseException as e:
+        _rollback(model, name, state, new_state, created, touched)
+        created.clear()
+        touched.clear()
+        traceback.clear_frames(e.__traceback__)  # frames below hold the half-built modules: let them go now
+        raise
+    return model
 
-    for index, layer in enumerate(layers):
-        if config.layers is not None and index not in config.layers:
-            continue
-        for output_module, input_module in _sublayers(layer, config.placement):
-            d = _output_dim(output_module)
+
+def _build(model, name, config, plan, routing, created, touched) -> None:
+    for step in plan.steps:
+        if step[0] == "bottleneck":
+            _, output_module, input_module, d, m = step
             reference = next(output_module.parameters())
-            bottleneck = Bottleneck(d, config.bottleneck_size(d), config.activation, config.init_std)
+            bottleneck = Bottleneck(d, m, config.activation, config.init_std)
             bottleneck.to(device=reference.device, dtype=reference.dtype)
-            holder = _holder(output_module, lambda m=output_module: BottleneckLayer(routing, m))
+            holder = _holder(output_module, lambda o=output_module: BottleneckLayer(routing, o), created)
+            touched.append(holder)
             parallel = config.placement == "parallel"
             holder.add(name, bottleneck, parallel_input=input_module if parallel else None, scaling=config.scaling)
-        if config.train_layer_norms:
-            for norm in layer.layer_norms:
-                holder = _holder(norm, lambda m=norm: ModuleCopies(routing, m, role="layer_norm"))
-                holder.add(name, holder.copy_of_base())
-
-    if head.kind != "shared":
-        init_std = getattr(getattr(model, "config", None), "initializer_range", 0.02)
-        for j, module in enumerate(heads):
-            holder = _holder(module, lambda m=module: ModuleCopies(routing, m, role="head"))
+        elif step[0] == "norm":
+            holder = _holder(step[1], lambda n=step[1]: ModuleCopies(routing, n, role="layer_norm"), created)
+            touched.append(holder)
+            holder.add(name, holder.copy_of_base())
+        else:
+            _, module, resize = step
+            holder = _holder(module, lambda h=module: ModuleCopies(routing, h, role="head"), created)
             copy = holder.copy_of_base()
-            if head.kind in ("classification", "regression") and j == len(heads) - 1:
-                copy = replace_last_linear(copy, head.num_labels, init_std)
+            if resize is not None:
+                copy = replace_last_linear(copy, resize, getattr(getattr(model, "config", None), "initializer_range", 0.02))
+            touched.append(holder)
             holder.add(name, copy)
-    state.configs[name] = config
-    state.heads[name] = head
-    return model
+
+
+def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s tensors (sharing storage with its parameters), keyed as in an adapter file: the
+    model's state-dict keys without the adapter's name (``...dense.adapters.down.weight``)."""
+    return {f"{path}.{rel}": t for path, holder in adapter_modules(model) if name in holder.adapters
+            for rel, t in holder.adapters[name].state_dict().items()}
+
+
+def _rollback(model, name, state, new_state, created, touched) -> None:
+    for holder in reversed(touched):
+        holder.remove(name)
+    for module, holder in reversed(created):
+        holder.detach_hooks()
+        if module._modules.get("adapters") is holder:
+            del module._modules["adapters"]
+    state.configs.pop(name, None)
+    state.heads.pop(name, None)
+    if new_state and model.__dict__.get("adapterkit") is state:
+        del model.__dict__["adapterkit"]
 
 
 def set_active(model: nn.Module, active: str | None | Sequence[str | None]) -> nn.Module:
