@@ -40,7 +40,7 @@ from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
 from .methods import MethodConfig, count_parameters, prepare, save_result, trainable_state
 from .models import MODELS, load_model
-from .runs import check_partial, check_replaceable, replace_dir, share, write_marker
+from .runs import MARKER, check_partial, check_replaceable, replace_dir, share, write_marker
 
 #: Learning rates chosen by measurement on minilm / rotten_tomatoes (2000-4000 examples, 2 epochs): adapters
 #: at 1e-3 reach 0.79-0.80 like full fine-tuning at 5e-5; the linear probe needs 3e-2 (at 3e-3 it stays near
@@ -229,6 +229,8 @@ def train(config: TrainConfig, accelerator=None) -> dict:
             raise ValueError(f"--resume: {run_dir} was started with different settings ({', '.join(diff)}); "
                              "rerun with the same options or drop --resume")
         best_state, state = checkpoint.load(model, optimizer, scheduler)
+        if accelerator.is_main_process and not (run_dir / MARKER).is_file():  # begun by an earlier version
+            write_marker(run_dir)
     elif accelerator.is_main_process:
         if run_dir.exists() or run_dir.is_symlink():
             check_partial(run_dir)  # never delete what adapterkit did not write

@@ -119,6 +119,7 @@ def test_checkpoints_of_earlier_versions_resume(tiny, reference, one_epoch_parti
     no weights beside a complete checkpoint.tmp/, or only checkpoint.tmp/), which made --resume fail or
     silently restart."""
     partial = one_epoch_partial
+    (partial / "adapterkit-run.json").unlink()  # earlier versions wrote no marker
     if layout == "checkpoint":
         (partial / "checkpoint-1").rename(partial / "checkpoint")
     else:
@@ -129,6 +130,7 @@ def test_checkpoints_of_earlier_versions_resume(tiny, reference, one_epoch_parti
     out = partial.parent / "run"
     metrics = one_thread_train(config(tiny, out, resume=True))
     assert_same_as_reference(reference, metrics, out)
+    assert (out / "adapterkit-run.json").is_file()
 
 
 def test_an_unreadable_checkpoint_is_one_clear_error(tiny, one_epoch_partial):
