@@ -104,6 +104,10 @@ def test_overwrite_replaces_a_run_and_a_legacy_run(tiny, trained, tmp_path):
     assert result.exit_code == 0, result.output
     assert (out / MARKER).is_file() and "old" not in json.loads((out / "metrics.json").read_text())
     assert not list(tmp_path.glob(".out*"))
+    empty = tmp_path / "empty"  # e.g. made by a job script: nothing to lose
+    empty.mkdir()
+    result = runner.invoke(app, train_args(tiny, empty, "--overwrite"))
+    assert result.exit_code == 0 and (empty / MARKER).is_file(), result.output
 
 
 def test_a_foreign_partial_directory_is_not_cleared(tiny, tmp_path):

@@ -70,6 +70,8 @@ def check_replaceable(directory: Path, option: str = "--output") -> None:
     if directory.is_symlink() or not directory.is_dir():
         raise RunDirError(f"{option} {directory} exists and is not a run directory adapterkit wrote "
                           f"({'a symlink' if directory.is_symlink() else 'a file'}); nothing was replaced: {fix}")
+    if not any(directory.iterdir()):
+        return  # an empty directory (e.g. made by a job script): nothing to lose
     if not (_has_marker(directory) or _legacy_run(directory)):
         raise RunDirError(f"{option} {directory} is not an adapterkit run directory (no {MARKER}, nor metrics.json "
                           f"with adapter/); nothing was replaced: {fix}")
