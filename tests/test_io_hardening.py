@@ -131,6 +131,7 @@ def test_add_adapter_accepts_up_to_the_limit():
     (lambda m: m.update(extra={"deep": json.loads("[" * 70 + "]" * 70)}), "nested more than 64 deep"),
     (lambda m: m.update(extra={"s": "\ud800"}), "lone surrogate"),
     (lambda m: m.update(name="../x"), "name"),
+    (lambda m: m.update(name="a\n"), "name"),
     (lambda m: m.update(parameters={"adapter_params": -1}), "parameters"),
     (lambda m: m.update(surprise=1), "unknown field"),
     (lambda m: m.update(adapterkit_format=3), "format 3.*upgrade adapterkit"),
@@ -164,9 +165,10 @@ def test_a_config_over_1_mib_is_refused_unread(saved, tmp_path, monkeypatch):
     path = copy_of(saved, tmp_path)
     meta = json.loads((path / CONFIG_FILE).read_text())
     meta["extra"] = {"pad": "x" * MAX_CONFIG_BYTES}
-    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    text = json.dumps(meta)
+    (path / CONFIG_FILE).write_text(text)
     monkeypatch.setattr("adapterkit.io.parse_json", lambda data: pytest.fail("parsed"))
-    load_fails(tiny_model("bert"), path, f"is {MAX_CONFIG_BYTES + len(json.dumps(meta)) - MAX_CONFIG_BYTES} bytes, more than")
+    load_fails(tiny_model("bert"), path, f"is {len(text)} bytes, more than the {MAX_CONFIG_BYTES}")
 
 
 def test_save_refuses_extra_that_would_not_load_again(tmp_path):
@@ -281,9 +283,9 @@ def _with_adapter(placement="parallel"):
 
 @pytest.mark.parametrize("error", [MemoryError, KeyboardInterrupt, RuntimeError])
 @pytest.mark.parametrize("fail_at", [1, 3, "norm", "head"])
-@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("existing", [None, "houlsby", "parallel"])  # the new adapter is parallel: it hooks inputs too
 def test_a_failed_add_adapter_leaves_the_model_exactly_as_it_was(monkeypatch, error, fail_at, existing):
-    model = _with_adapter() if existing else tiny_model("bert")
+    model = _with_adapter(existing) if existing else tiny_model("bert")
     before = snapshot(model)
     made = []
     real = akmodel.Bottleneck
@@ -476,3 +478,26 @@ def test_saved_files_follow_the_umask(tmp_path, umask, dir_mode, file_mode):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == dir_mode
     assert {stat.S_IMODE((path / f).stat().st_mode) for f in (CONFIG_FILE, WEIGHTS_FILE)} == {file_mode}
+
+
+def test_a_directory_written_by_the_previous_release_still_loads(tmp_path):
+    """tests/data/format1_adapter was written by adapterkit before issue 13 (format 1: no config_sha256, two
+    safetensors metadata keys) from tiny_model("bert"); it loads, and re-saves as format 2 with equal tensors."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    v1 = Path(__file__).parent / "data" / "format1_adapter"
+    assert json.loads((v1 / CONFIG_FILE).read_text())["adapterkit_format"] == 1
+    model = tiny_model("bert")
+    assert ak.load_adapter(model, v1, root=v1.parent, check_base=False) == "v1"  # robust to a torch upgrade re-drawing tiny_model
+    saved = load_file(v1 / WEIGHTS_FILE)
+    loaded = akmodel.adapter_tensors(model, "v1")
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    expected = logits(ak.set_active(model, "v1"), tiny_inputs("bert"))
+    again = ak.save_adapter(model, "v1", tmp_path / "v2", extra=ak.read_adapter_config(v1)["extra"])
+    meta = ak.read_adapter_config(again)
+    assert meta["adapterkit_format"] == 2 and meta["extra"]["task"] == "format-1 fixture"
+    fresh = tiny_model("bert")
+    ak.load_adapter(fresh, again)
+    assert torch.equal(logits(ak.set_active(fresh, "v1"), tiny_inputs("bert")), expected)

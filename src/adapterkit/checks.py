@@ -205,7 +205,7 @@ def check_meta(meta: Any, shown: str) -> dict[str, Any]:
         if config_digest(meta) != meta["config_sha256"]:
             raise bad("the config was changed after it was saved (config_sha256 mismatch)", "re-save or re-download the adapter")
     name = meta["name"]
-    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not _NAME.match(name):
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):
         raise bad(f"name {_r(name)} is not letters, digits, '_' or '-' (at most {MAX_NAME_CHARS})")
     for key, kind in (("config", "an AdapterConfig"), ("head", "a HeadConfig"), ("base_model", "a base-model fingerprint"),
                       ("files", "a map of file name to sha256"), ("extra", "an object"), ("parameters", "parameter counts")):

@@ -122,9 +122,9 @@ class AdapterConfig:
         if not isinstance(d, dict):
             raise AdapterConfigError(f"an AdapterConfig must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
-            raise AdapterConfigError(f"unknown AdapterConfig field(s) {unknown}; known: {sorted(known)}")
+            raise AdapterConfigError(f"unknown AdapterConfig field(s) {_r(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
     def to_json(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import reprlib
 import secrets
@@ -214,12 +215,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     config = AdapterConfig.from_dict(meta["config"])
     head = HeadConfig.coerce(meta["head"], model_has_head=True)
     if check_base:
-        _check_fingerprint(meta["base_model"], fingerprint(model))
+        _check_fingerprint(directory, meta["base_model"], fingerprint(model))
     try:
         expected = planned_tensors(model, config, head)
     except ValueError as e:  # over the model's limits, layers it lacks, no head to copy
         raise AdapterLoadError(f"{directory}: the adapter does not fit this model ({e})") from None
-    limit = 8 + MAX_HEADER_BYTES + 8 * sum(_numel(s) for s in expected.values())
+    limit = 8 + MAX_HEADER_BYTES + 8 * sum(math.prod(s) for s in expected.values())
     data = read_file(real_dir, WEIGHTS_FILE, real_root, limit, shown)
     if _sha256(data) != meta["files"][WEIGHTS_FILE]:
         raise AdapterLoadError(f"{shown} is corrupted (checksum mismatch); re-save or re-download the adapter")
@@ -245,17 +246,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     return name
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:
+def _check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any]) -> None:
     diffs = [f"{k}: adapter {reprlib.repr(saved.get(k))} vs model {current.get(k)!r}" for k in current if saved.get(k) != current.get(k)]
     if diffs:
-        raise AdapterLoadError("adapter was trained on a different base model (" + "; ".join(diffs) +
+        raise AdapterLoadError(f"{directory}: adapter was trained on a different base model (" + "; ".join(diffs) +
                                "); load it into the model it was trained on, or pass check_base=False")
 
 

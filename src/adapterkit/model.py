@@ -198,7 +198,7 @@ def _insert(model: nn.Module, name: str, config: AdapterConfig, head, spec: Arch
             fill: Callable[[dict[str, torch.Tensor]], None] | None = None) -> nn.Module:
     """add_adapter, with ``fill`` called on the new adapter's tensors (keys as in :func:`planned_tensors`)
     before it is committed (load_adapter copies the saved weights in there)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"adapter name must be letters, digits, '_' or '-', got {reprlib.repr(name)}")
     state = model.__dict__.get("adapterkit")
     new_state = state is None
