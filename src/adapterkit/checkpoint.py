@@ -9,7 +9,8 @@ Checkpoints of earlier versions (``checkpoint/``, and a complete ``checkpoint.tm
 replaced ``checkpoint/``) are still found.
 
 Test hook: with ``ADAPTERKIT_TEST_CRASH_AFTER=E:K`` in the environment the process kills itself (SIGKILL)
-right after step K of saving epoch E's checkpoint (steps listed in :data:`STEPS`).
+right after step K of saving epoch E's checkpoint (steps listed in :data:`STEPS`; the last one is train's, once the
+finished run is written and its checkpoints removed, before the run is renamed to ``--output``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .runs import CHECKPOINT_ENTRY, fsync_dir, share
 
 FILES = ("trainable.safetensors", "best.safetensors", "optimizer.pt", "scheduler.pt", "state.json")
 STEPS = ("tmp dir made", "trainable weights", "best weights", "optimiser", "scheduler", "state.json",
-         "renamed into place", "old moved aside", "old partly deleted", "old deleted")
+         "renamed into place", "old moved aside", "old partly deleted", "old deleted",
+         "run written and checkpoints removed")  # the last: in train, before the final rename
 CRASH_ENV = "ADAPTERKIT_TEST_CRASH_AFTER"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -39,7 +41,7 @@ class CheckpointError(ValueError):
     """A checkpoint exists but cannot be resumed from."""
 
 
-def _crash_point(epoch: int, step: int) -> None:
+def crash_point(epoch: int, step: int) -> None:
     if os.environ.get(CRASH_ENV) == f"{epoch}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -97,17 +99,17 @@ class Checkpoint:
         final, tmp = self.run_dir / f"checkpoint-{epoch}", self.run_dir / f"checkpoint-{epoch}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _crash_point(epoch, 1)
+        crash_point(epoch, 1)
         save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, tmp / FILES[0])
-        _crash_point(epoch, 2)
+        crash_point(epoch, 2)
         save_file({k: v.contiguous() for k, v in best_state.items()}, tmp / FILES[1])
-        _crash_point(epoch, 3)
+        crash_point(epoch, 3)
         torch.save(optimizer.state_dict(), tmp / FILES[2])
-        _crash_point(epoch, 4)
+        crash_point(epoch, 4)
         torch.save(scheduler.state_dict(), tmp / FILES[3])
-        _crash_point(epoch, 5)
+        crash_point(epoch, 5)
         (tmp / FILES[4]).write_text(json.dumps(state, indent=1))
-        _crash_point(epoch, 6)
+        crash_point(epoch, 6)
         for name in FILES:
             _fsync(tmp / name)
         share(tmp)
@@ -116,7 +118,7 @@ class Checkpoint:
             self._discard(final, epoch, crash=False)
         os.replace(tmp, final)
         fsync_dir(self.run_dir)
-        _crash_point(epoch, 7)
+        crash_point(epoch, 7)
         for path in self._entries():  # older checkpoints, earlier versions' ones, stale tmp / old dirs
             if path.name != final.name:
                 self._discard(path, epoch, crash=True)
@@ -128,18 +130,18 @@ class Checkpoint:
             os.replace(path, aside)
             path = aside
             if crash:
-                _crash_point(epoch, 8)
+                crash_point(epoch, 8)
         if path.is_dir() and not path.is_symlink():
             files = sorted(p for p in path.iterdir() if p.is_file())
             if files:
                 files[0].unlink()
                 if crash:
-                    _crash_point(epoch, 9)
+                    crash_point(epoch, 9)
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
         if crash:
-            _crash_point(epoch, 10)
+            crash_point(epoch, 10)
 
     def load(self, model, optimizer, scheduler) -> tuple[dict, dict]:
         """(best weights, state) of the newest complete checkpoint, with the model, optimiser and scheduler
@@ -177,4 +179,4 @@ def _load_trainable(model, tensors: dict) -> None:
             params[name].copy_(value)
 
 
-__all__ = ["CRASH_ENV", "Checkpoint", "CheckpointError", "STEPS"]
+__all__ = ["CRASH_ENV", "Checkpoint", "CheckpointError", "STEPS", "crash_point"]

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics as M
-from .checkpoint import Checkpoint, _load_trainable
+from .checkpoint import STEPS, Checkpoint, _load_trainable, crash_point
 from .data import load_task
 from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
@@ -165,6 +165,12 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         raise FileExistsError(f"output {output} already exists; choose another --output or pass --overwrite")
     if output.exists() or output.is_symlink():
         check_replaceable(output)  # --overwrite replaces only a run adapterkit wrote
+    finished = _finished_partial(run_dir, config) if config.resume else None
+    if finished is not None:  # killed between removing its checkpoints and its final rename
+        if accelerator.is_main_process:
+            replace_dir(run_dir, output)
+        accelerator.wait_for_everyone()
+        return finished
 
     # 1. Everything that can fail on bad input happens before anything is written.
     method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers, config.init_std,
@@ -292,6 +298,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         try:
             _write_outputs(model, tokenizer, method, run_dir, metrics, config, max_length)
             checkpoint.remove()
+            crash_point(config.epochs, len(STEPS))
             share(run_dir)  # group-readable as the umask allows (temp-file helpers make 0700 / 0600)
             replace_dir(run_dir, output)  # --overwrite: the old run (checked again) aside, then deleted
         except BaseException:
@@ -299,6 +306,19 @@ def train(config: TrainConfig, accelerator=None) -> dict:
             raise
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _finished_partial(run_dir: Path, config: TrainConfig) -> dict | None:
+    """The metrics of a run completed in ``run_dir`` with ``config``'s settings whose checkpoints are already
+    deleted (outputs are written before that), else None."""
+    if not (run_dir / MARKER).is_file() or Checkpoint(run_dir).exists() or not (run_dir / "curves.png").is_file():
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    same = isinstance(metrics, dict) and metrics.get("config") == json.loads(json.dumps(config.recorded()))
+    return metrics if same else None
 
 
 def _check_model_limits(config: TrainConfig, model, max_length: int) -> int:

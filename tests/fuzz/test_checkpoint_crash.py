@@ -29,7 +29,8 @@ from train_helpers import save_tiny_bert, write_sentiment  # noqa: E402
 EPOCHS = 2
 #: (epoch, step) crash points: epoch 2's save replaces epoch 1's checkpoint, so all of STEPS happen there.
 ALL = [(2, k) for k in range(1, len(STEPS) + 1)] + [(1, 1), (1, 6), (1, 7)]
-FAST = {(2, 6), (2, 7), (2, 9)}  # tmp complete, not renamed; renamed with the old kept; old half-deleted
+#: tmp complete, not renamed; renamed with the old kept; run complete but not renamed (the rest: slow)
+FAST = {(2, 6), (2, 7), (2, 11)}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,8 @@ train(TrainConfig(**json.loads(sys.argv[1])))
 @pytest.mark.parametrize("epoch, step", [pytest.param(e, k, id=f"epoch{e}-after-{STEPS[k - 1].replace(' ', '-')}",
                                                       marks=() if (e, k) in FAST else pytest.mark.slow)
                                          for e, k in ALL])
-def test_killed_while_checkpointing_then_resume_is_bit_identical(tiny, reference, tmp_path, epoch, step):
+def test_killed_while_checkpointing_then_resume_is_bit_identical(tiny, reference, tmp_path, monkeypatch, epoch,
+                                                                  step):
     out = tmp_path / "run"
     env = {**os.environ, CRASH_ENV: f"{epoch}:{step}",
            "PYTHONPATH": os.pathsep.join([str(Path(adapterkit.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
@@ -90,6 +92,8 @@ def test_killed_while_checkpointing_then_resume_is_bit_identical(tiny, reference
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     partial = tmp_path / ".run.partial"
     assert partial.is_dir() and not out.exists()
+    if step == len(STEPS):  # the finished run is renamed into place, not retrained
+        monkeypatch.setattr(T, "_train_epoch", lambda *a, **k: pytest.fail("a finished run must not retrain"))
     metrics = one_thread_train(config(tiny, out, resume=True))
     assert_same_as_reference(reference, metrics, out)
 
