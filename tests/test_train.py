@@ -53,7 +53,7 @@ def adapter_run(tiny):
 
 def test_outputs_and_metrics_fields(adapter_run):
     out, metrics = adapter_run["out"], adapter_run["metrics"]
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "adapter", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "adapter", "curves.png", "adapterkit-run.json"}
     assert not list(out.parent.glob(".run.partial*"))
     written = json.loads((out / "metrics.json").read_text())
     assert REQUIRED_FIELDS <= set(written)
@@ -114,7 +114,7 @@ def test_resume_after_interruption_matches_uninterrupted(tiny, adapter_run, tmp_
     monkeypatch.setattr(T, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt, match="--resume"):
         train(config(tiny, out, epochs=3))
-    state = tmp_path / ".run.partial" / "checkpoint" / "state.json"
+    state = tmp_path / ".run.partial" / "checkpoint-1" / "state.json"
     assert not out.exists() and state.is_file()
     saved = json.loads(state.read_text())  # as written before train_pooler existed: it ran at its default
     del saved["config"]["train_pooler"]

@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 # ---- shared options -------------------------------------------------------------------------------------
 Model = Annotated[str, typer.Option(help="minilm (bundled default), mpnet, smollm2, a local model dir or a hub id")]
-Task = Annotated[str, typer.Option(help="rotten_tomatoes, boolq, 20newsgroups, r8, sms_spam, trec, glue/rte, "
+Task = Annotated[Optional[str], typer.Option(help="(default: local with --train-file, else rotten_tomatoes) rotten_tomatoes, boolq, 20newsgroups, r8, sms_spam, trec, glue/rte, "
                                         "glue/mrpc, glue/cola, glue/stsb, glue/sst2, squad, lm, local, hf:NAME/CONFIG")]
 DataDir = Annotated[Optional[str], typer.Option(help="folder of GLUE TSVs / SQuAD JSON (default ../shared/data/...)")]
 TrainFile = Annotated[Optional[str], typer.Option(help="your training file (CSV, TSV, JSONL; .txt for lm; SQuAD JSON)")]
@@ -57,6 +57,14 @@ def _data_options(data_dir, train_file, validation_file, text_column, text_pair_
         default = glue_dir()  # the data layer's default, recorded so eval reads the same files
         options["data_dir"] = str(default.resolve())
     return options
+
+
+def _default_task(task: str | None, train_file: str | None, validation_file: str | None) -> str:
+    """As in transformers' example scripts, your own files imply task ``local``; a named task that does not
+    read files is refused (the data layer names the option to drop)."""
+    if task is None:
+        return "local" if train_file or validation_file else "rotten_tomatoes"
+    return task
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -97,6 +105,9 @@ def _quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub
+
+    huggingface_hub.utils.logging.set_verbosity_error()  # its "Retrying in 8s" lines for an unreachable hub
 
 
 def table(rows: list[list], headers: list[str]) -> str:
@@ -123,7 +134,7 @@ def _metric_rows(scores: dict) -> list[list]:
 def train(
     output: Annotated[str, typer.Option(help="run directory to create (metrics.json, adapter/, curves.png)")],
     model: Model = "minilm",
-    task: Task = "rotten_tomatoes",
+    task: Task = None,
     method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head) or head")] = "adapter",
     adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = 64,
     placement: Annotated[str, typer.Option(help="houlsby, pfeiffer or parallel")] = "houlsby",
@@ -162,6 +173,7 @@ def train(
     from .train import TrainConfig, train as run
 
     _set_threads(threads)
+    task = _default_task(task, train_file, validation_file)
     data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
                          problem_type, task)
     layers = None if adapter_layers is None else tuple(_ints(adapter_layers, "--adapter-layers"))
@@ -276,7 +288,7 @@ def _ints(text: str, option: str) -> list[int]:
 def sweep(
     output: Annotated[str, typer.Option(help="sweep directory (runs/, sweep.json, sweep.md); rerun to continue")],
     model: Model = "minilm",
-    task: Task = "rotten_tomatoes",
+    task: Task = None,
     method: str = "adapter",
     lrs: Annotated[str, typer.Option(help="learning rates (paper: 3e-5,3e-4,3e-3)")] = "3e-5,3e-4,3e-3",
     sizes: Annotated[str, typer.Option(help="adapter sizes (paper: 8,64,256)")] = "8,64,256",
@@ -297,6 +309,7 @@ def sweep(
     from .train import TrainConfig
 
     _set_threads(threads)
+    task = _default_task(task, train_file, validation_file)
     data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
                          problem_type, task)
     base = TrainConfig(output=output, model=model, task=task, method=method, batch_size=batch_size,

@@ -185,11 +185,20 @@ def save_result(model: nn.Module, tokenizer, method: MethodConfig, directory: Pa
 
 def read_result_meta(directory: str | Path) -> tuple[str, dict]:
     """("adapter" | "model", the run's metadata) of a directory written by :func:`save_result`."""
+    from .runs import check_run_meta
+
     directory = Path(directory)
     if (directory / "adapter_config.json").is_file():
-        return "adapter", ak.read_adapter_config(directory).get("extra", {})
+        config = ak.read_adapter_config(directory)
+        return "adapter", check_run_meta(config.get("extra", {}) if isinstance(config, dict) else None,
+                                         str(directory / "adapter_config.json"))
     if (directory / RUN_META_FILE).is_file():
-        return "model", json.loads((directory / RUN_META_FILE).read_text())
+        path = directory / RUN_META_FILE
+        try:
+            meta = json.loads(path.read_text()) if path.stat().st_size < (1 << 24) else None
+        except RecursionError:
+            meta = None
+        return "model", check_run_meta(meta, str(path))
     raise ak.AdapterLoadError(f"{directory} is neither an adapter directory nor a model saved by "
                               "'adapterkit train'; pass the adapter/ folder of a training run")
 

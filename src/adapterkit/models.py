@@ -135,6 +135,54 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, as set now (huggingface_hub reads them once at import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or _truthy(os.environ.get("HF_HUB_OFFLINE")) or \
+        _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def _hub_local_only(name: str) -> bool:
+    """For a name that is neither an alias nor a local path: True when it must load from the hub cache only.
+    Fails at once, in one ModelError, when it cannot be a model here (instead of transformers' minute of
+    retries): not a valid hub id, offline and not cached, no such model on the hub, or the hub unreachable."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    aliases = ", ".join(MODELS)
+    what = f"model {name!r} is not an alias ({aliases}) nor a local directory"
+    try:
+        huggingface_hub.utils.validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(f"{what} nor a valid hub id; give an alias, a directory written by save_pretrained, "
+                         "or a hub id such as bert-base-uncased") from None
+    cached = isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str)
+    if hub_offline():
+        if cached:
+            return True
+        raise ModelError(f"{what}, and the hub is offline (HF_HUB_OFFLINE=1) with no cached copy of it; give an "
+                         "alias or a local model directory, or go online for hub ids")
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except GatedRepoError:
+        return False  # it exists; from_pretrained says what access it needs
+    except RepositoryNotFoundError:
+        raise ModelError(f"{what}, and the hub has no model {name!r} (or it is private); give an alias, a local "
+                         "model directory, or an existing hub id") from None
+    except Exception as e:  # no network, DNS, proxy, timeout, hub down: the hub client's own errors
+        if cached:
+            return True
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{what}, and the hub cannot be reached ({first}); without a network give an alias or "
+                         "a local model directory") from None
+    return False
+
+
 def load_model(name: str = "minilm", kind: str = "classification", num_labels: int | None = None,
                labels: list[str] | None = None, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for ``kind``: classification / regression (AutoModelForSequenceClassification),
@@ -146,6 +194,7 @@ def load_model(name: str = "minilm", kind: str = "classification", num_labels: i
         raise ModelError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
     path = resolve_model(name)
     kwargs: dict = {"dtype": dtype}
+    local_only = False if Path(path).exists() else _hub_local_only(path)
     if kind == "classification":
         n = len(labels) if labels else num_labels or 2
         kwargs.update(num_labels=n, problem_type="single_label_classification")
@@ -161,8 +210,8 @@ def load_model(name: str = "minilm", kind: str = "classification", num_labels: i
         "base": transformers.AutoModel,
     }[kind]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = auto.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        model = auto.from_pretrained(path, local_files_only=local_only, **kwargs)
     except RuntimeError as e:  # transformers 5: a saved head of another size ("ignore_mismatched_sizes")
         if "size mismatch" not in str(e) and "mismatched" not in str(e):
             raise

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import sys
@@ -32,20 +31,22 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import metrics as M
+from .checkpoint import STEPS, Checkpoint, _load_trainable, crash_point
 from .data import load_task
 from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
 from .methods import MethodConfig, count_parameters, head_parameters, prepare, save_result, trainable_state
 from .models import MODELS, load_model
+from .runs import MARKER, check_partial, check_replaceable, replace_dir, share, write_marker
 
 #: Learning rates chosen by measurement on minilm / rotten_tomatoes (2000-4000 examples, 2 epochs): adapters
 #: at 1e-3 reach 0.79-0.80 like full fine-tuning at 5e-5; the linear probe needs 3e-2 (at 3e-3 it stays near
 #: the majority class). The paper's grid is 3e-5 .. 3e-3; `adapterkit sweep` searches it.
 DEFAULT_LR = {"adapter": 1e-3, "ln": 1e-3, "head": 3e-2, "top-k": 1e-4, "full": 5e-5}
+MAX_SEED = (2**32 - 1) // 1000 - 1000  # seed * 1000 + epoch (dropout re-seeding) must stay a valid numpy seed
 DEFAULT_MAX_LENGTH = {"classification": 128, "regression": 128, "qa": 384, "lm": 128}
 
 
@@ -90,7 +91,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        checks = [(self.epochs >= 1, "--epochs must be at least 1"),
+        checks = [(1 <= self.epochs <= 1000, "--epochs must lie in 1..1000"),
                   (self.batch_size >= 1, "--batch-size must be at least 1"),
                   (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "--lr must be a positive number"),
                   (self.head_lr is None or (math.isfinite(self.head_lr) and self.head_lr > 0),
@@ -98,7 +99,15 @@ class TrainConfig:
                   (0 <= self.probe_epochs < self.epochs, "--probe-epochs must lie in [0, --epochs)"),
                   (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
                   (self.adapter_size >= 1, "--adapter-size must be at least 1"),
-                  (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8")]
+                  (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8"),
+                  (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
+                  (self.doc_stride >= 0, "--doc-stride must be at least 0"),
+                  (self.top_layers >= 1, "--top-layers must be at least 1"),
+                  (math.isfinite(self.init_std) and self.init_std >= 0, "--init-std must be a number >= 0"),
+                  (self.max_train is None or self.max_train >= 1, "--max-train must be at least 1"),
+                  (self.max_validation is None or self.max_validation >= 1, "--max-validation must be at least 1"),
+                  # numpy seeds must be < 2**32 and each epoch re-seeds with seed * 1000 + epoch
+                  (0 <= self.seed <= MAX_SEED, f"--seed must lie in 0..{MAX_SEED}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -164,43 +173,6 @@ def _epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> 
     return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
 
 
-class Checkpoint:
-    """Epoch checkpoints in ``<run>/checkpoint``: trainable and best weights (safetensors), optimiser and
-    scheduler state (``torch.save`` of plain tensors/numbers, read back with ``weights_only=True``: no
-    arbitrary unpickling), and a JSON state. Replaced atomically after every epoch."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir / "checkpoint"
-
-    def exists(self) -> bool:
-        return (self.dir / "state.json").is_file()
-
-    def save(self, model, optimizer, scheduler, best_state: dict, state: dict) -> None:
-        tmp = self.dir.with_name("checkpoint.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, tmp / "trainable.safetensors")
-        save_file({k: v.contiguous() for k, v in best_state.items()}, tmp / "best.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(self.dir, ignore_errors=True)
-        os.replace(tmp, self.dir)
-
-    def load(self, model, optimizer, scheduler) -> tuple[dict, dict]:
-        _load_trainable(model, load_file(self.dir / "trainable.safetensors"))
-        optimizer.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(self.dir / "scheduler.pt", weights_only=True))
-        return load_file(self.dir / "best.safetensors"), json.loads((self.dir / "state.json").read_text())
-
-
-def _load_trainable(model, tensors: dict) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
-
-
 def train(config: TrainConfig, accelerator=None) -> dict:
     """Run training as configured; returns the metrics written to ``<output>/metrics.json``."""
     from accelerate import Accelerator
@@ -209,8 +181,16 @@ def train(config: TrainConfig, accelerator=None) -> dict:
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     output = Path(config.output)
     run_dir = output.with_name(f".{output.name}.partial")
-    if output.exists() and not config.overwrite:
+    if (output.exists() or output.is_symlink()) and not config.overwrite:
         raise FileExistsError(f"output {output} already exists; choose another --output or pass --overwrite")
+    if output.exists() or output.is_symlink():
+        check_replaceable(output)  # --overwrite replaces only a run adapterkit wrote
+    finished = _finished_partial(run_dir, config) if config.resume else None
+    if finished is not None:  # killed between removing its checkpoints and its final rename
+        if accelerator.is_main_process:
+            replace_dir(run_dir, output)
+        accelerator.wait_for_everyone()
+        return finished
 
     # 1. Everything that can fail on bad input happens before anything is written.
     method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers, config.init_std,
@@ -227,6 +207,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         raise HeadMismatchError(f"model {config.model!r} has a task head whose size does not fit task {task.name!r} "
                                 f"({task.num_labels or 1} outputs); use its base model (without the head) or a model "
                                 "trained for these labels") from None
+    max_length = _check_model_limits(config, model, max_length)
     label_mean = sum(e["label"] for e in task.train) / len(task.train) if task.kind == "regression" else None
     trainable = prepare(model, method, task.kind, task.label_names, label_mean)
     if config.gradient_checkpointing:
@@ -270,8 +251,9 @@ def train(config: TrainConfig, accelerator=None) -> dict:
     state = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0, "examples": 0,
              "config": config.recorded()}
     best_state = trainable_state(model)
-    if config.resume and checkpoint.exists():
-        saved = json.loads((checkpoint.dir / "state.json").read_text())
+    latest = checkpoint.latest() if config.resume else None
+    if latest is not None:
+        saved = latest[1]
         # A setting added after the checkpoint was written ran at its default then.
         defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
         saved_config = {**{k: defaults[k] for k in state["config"].keys() - saved["config"].keys() if k in defaults},
@@ -281,9 +263,14 @@ def train(config: TrainConfig, accelerator=None) -> dict:
             raise ValueError(f"--resume: {run_dir} was started with different settings ({', '.join(diff)}); "
                              "rerun with the same options or drop --resume")
         best_state, state = checkpoint.load(model, optimizer, scheduler)
+        if accelerator.is_main_process and not (run_dir / MARKER).is_file():  # begun by an earlier version
+            write_marker(run_dir)
     elif accelerator.is_main_process:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.exists() or run_dir.is_symlink():
+            check_partial(run_dir)  # never delete what adapterkit did not write
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
+        write_marker(run_dir)
     accelerator.wait_for_everyone()
 
     try:
@@ -340,15 +327,48 @@ def train(config: TrainConfig, accelerator=None) -> dict:
     if accelerator.is_main_process:
         try:
             _write_outputs(model, tokenizer, method, run_dir, metrics, config, max_length)
-            shutil.rmtree(checkpoint.dir, ignore_errors=True)
-            if output.exists():  # --overwrite
-                shutil.rmtree(output)
-            os.replace(run_dir, output)
+            checkpoint.remove()
+            crash_point(config.epochs, len(STEPS))
+            share(run_dir)  # group-readable as the umask allows (temp-file helpers make 0700 / 0600)
+            replace_dir(run_dir, output)  # --overwrite: the old run (checked again) aside, then deleted
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _finished_partial(run_dir: Path, config: TrainConfig) -> dict | None:
+    """The metrics of a run completed in ``run_dir`` with ``config``'s settings whose checkpoints are already
+    deleted (outputs are written before that), else None."""
+    if not (run_dir / MARKER).is_file() or Checkpoint(run_dir).exists() or not (run_dir / "curves.png").is_file():
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    same = isinstance(metrics, dict) and metrics.get("config") == json.loads(json.dumps(config.recorded()))
+    return metrics if same else None
+
+
+def _check_model_limits(config: TrainConfig, model, max_length: int) -> int:
+    """Refuse a --max-length above the model's position limit (a default above it is lowered to it) and an
+    --adapter-size above 4x the hidden size (a bottleneck wider than that is no bottleneck, and a typo such
+    as 64000 would allocate gigabytes), before any adapter is allocated. Returns the max length to use."""
+    c = model.config
+    limit = None if c.model_type == "t5" else getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+    if isinstance(limit, int) and c.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (c.pad_token_id if isinstance(c.pad_token_id, int) else 1) + 1  # positions start after padding_idx
+    if isinstance(limit, int) and max_length > limit:
+        if config.max_length is not None:
+            raise ValueError(f"--max-length {config.max_length} is above the limit of model {config.model!r}, "
+                             f"{limit} tokens (its position embeddings); pass --max-length {limit} or less")
+        max_length = limit
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or getattr(c, "n_embd", None)
+    if config.method == "adapter" and isinstance(hidden, int) and config.adapter_size > 4 * hidden:
+        raise ValueError(f"--adapter-size {config.adapter_size} is above the limit of {4 * hidden} (4 x the hidden "
+                         f"size {hidden} of model {config.model!r}); bottleneck sizes are usually 8 to {hidden}")
+    return max_length
 
 
 def _train_epoch(model, optimizer, scheduler, features, kind, config, epoch, pad_id, accelerator, trainable):

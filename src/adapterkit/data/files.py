@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from .base import DataError, holdout_split, text_key
@@ -25,6 +26,7 @@ TEXT_COLUMN_GUESSES = (
     ("sentence1", "sentence2"), ("text", "text_pair"), ("question", "passage"),
     ("question", "sentence"), ("premise", "hypothesis"), ("sentence", None), ("text", None),
 )
+MAX_REGRESSION_LABEL = 1e15
 PROBLEM_TYPES = {"classification": "classification", "single_label_classification": "classification",
                  "regression": "regression"}
 
@@ -154,7 +156,13 @@ def build_examples(train_records, validation_records, *, text_column=None, text_
                 if isinstance(label, str):
                     raise DataError(f"{at}: label {label!r} is not a number; "
                                     "regression needs numeric labels")
-                label = float(label)
+                try:
+                    label = float(label)
+                except OverflowError:  # an integer too large for a float
+                    label = math.inf
+                if not abs(label) <= MAX_REGRESSION_LABEL:  # also NaN; training squares labels in float32
+                    raise DataError(f"{at}: label {label!r} is not a finite number of magnitude at most "
+                                    f"{MAX_REGRESSION_LABEL:g}; fix or rescale the labels")
             elif given_ids:
                 if not (isinstance(label, int) and 0 <= label < len(label_names)):
                     raise DataError(f"{at}: label {label!r} is not a class id 0..{len(label_names) - 1}")

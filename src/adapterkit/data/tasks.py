@@ -106,7 +106,8 @@ def load_task(name: str | None = None, *, data_dir=None, train_file=None, valida
     unused = [k for k, v in given.items() if v is not None and k not in spec.options]
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        hint = " (use task 'local' for your own files)" if "train_file" in unused else ""
+        hint = (" (your own files imply task 'local': drop --task, or give --task local)"
+                if _FILES & set(unused) else "")
         raise DataError(f"task {name!r} does not use {flags}; drop it{hint}")
     columns = {k: given[k] for k in _COLUMNS}
 
