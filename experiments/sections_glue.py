@@ -47,8 +47,11 @@ def header(d: Doc) -> None:
           "| optimiser | AdamW, 10% linear warm-up then linear decay, gradient clipping 1.0, no weight decay |",
           "| adapters | Houlsby placement (after attention and FFN in every layer), GELU, init std 1e-3, "
           "layer norms trained, new task head on MiniLM's frozen pooler (as adapter-bert"
-          + ("; the section \"The head's own pooler\" trains a copy of it) |"
-             if "pooler" in run.experiments_of(d.budget) else ") |"),
+          + ("; the section \"The head's own pooler\" trains a copy of it)" if "pooler" in run.experiments_of(d.budget)
+             else ")")
+          + ("; recipe 1 (adapter before the sublayer's dropout, exact GELU, the head at the adapters' lr) everywhere "
+             "but the section \"The default recipe\", which trains recipe 2 |" if "recipe" in run.experiments_of(d.budget)
+             else " |"),
           f"| threads | {B['machine']} |", "")
     others = [b for b in DOC_BUDGETS if b != d.budget]
     d.add("Results at the other budget(s): " + ", ".join(f"[`{b}`]({doc_path(b).name})" for b in others) + ".", "")

@@ -223,10 +223,12 @@ _FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                     st.sampled_from([0.0, -0.0, 1e-3, 0.5, 1.0, 1e308, -1e308]))
 _OPTIONS = {"--batch-size": _INTS, "--eval-batch-size": _INTS, "--max-length": _INTS, "--doc-stride": _INTS,
             "--max-train": _INTS, "--max-validation": _INTS, "--seed": _INTS, "--adapter-size": _INTS,
-            "--top-layers": _INTS, "--lr": _FLOATS, "--warmup": _FLOATS, "--init-std": _FLOATS}
+            "--top-layers": _INTS, "--lr": _FLOATS, "--warmup": _FLOATS, "--init-std": _FLOATS,
+            "--head-lr": _FLOATS, "--probe-epochs": _INTS}
 
 
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=not os.environ.get("FUZZ_EXAMPLES"))  # CI: the same examples every run; FUZZ_EXAMPLES=N explores
 @given(values=st.fixed_dictionaries({}, optional=_OPTIONS), method=st.sampled_from(["adapter", "top-k", "head"]))
 def test_train_numeric_options_never_give_a_traceback(tiny, tmp_path_factory, values, method):
     out = tmp_path_factory.mktemp("fuzz") / "o"

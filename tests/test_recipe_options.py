@@ -83,8 +83,9 @@ def test_without_head_lr_there_is_one_group(tiny, tmp_path, monkeypatch):
 
 
 def test_bad_head_lr_is_refused(tiny, tmp_path):
-    with pytest.raises(ValueError, match="--head-lr must be a positive number"):
-        _config(tiny, tmp_path / "x", head_lr=0.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 1e300):
+        with pytest.raises(ValueError, match=r"--head-lr must be a number in \(0, 10.0\]"):
+            _config(tiny, tmp_path / "x", head_lr=bad)
 
 
 def test_train_embedding_norm_trains_a_copy_and_saves_it(tiny, tmp_path):

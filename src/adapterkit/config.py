@@ -83,8 +83,8 @@ class AdapterConfig:
             raise AdapterConfigError(f"reduction_factor must be a finite number > 0, got {_r(self.reduction_factor)}")
         if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise AdapterConfigError(f"unknown activation {_r(self.activation)}; choose one of {', '.join(ACTIVATIONS)}")
-        if not (_is_number(self.init_std) and 0 <= self.init_std < float("inf")):
-            raise AdapterConfigError(f"init_std must be a finite number >= 0 (default 1e-3: near identity), got {_r(self.init_std)}")
+        if not (_is_number(self.init_std) and 0 <= self.init_std <= 10):  # the paper's sweep ends at 1
+            raise AdapterConfigError(f"init_std must be a number in [0, 10] (default 1e-3: near identity), got {_r(self.init_std)}")
         if not isinstance(self.placement, str) or self.placement not in PLACEMENTS:
             raise AdapterConfigError(f"unknown placement {_r(self.placement)}; choose one of {', '.join(PLACEMENTS)}")
         if not (_is_number(self.scaling) and abs(self.scaling) < float("inf")):

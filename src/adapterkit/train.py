@@ -47,6 +47,7 @@ from .runs import MARKER, check_partial, check_replaceable, replace_dir, share, 
 #: the majority class). The paper's grid is 3e-5 .. 3e-3; `adapterkit sweep` searches it.
 DEFAULT_LR = {"adapter": 1e-3, "ln": 1e-3, "head": 3e-2, "top-k": 1e-4, "full": 5e-5}
 MAX_SEED = (2**32 - 1) // 1000 - 1000  # seed * 1000 + epoch (dropout re-seeding) must stay a valid numpy seed
+MAX_LR = 10.0  # far above any useful lr; larger ones overflow the optimiser's float32 step
 DEFAULT_MAX_LENGTH = {"classification": 128, "regression": 128, "qa": 384, "lm": 128}
 
 
@@ -93,9 +94,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [(1 <= self.epochs <= 1000, "--epochs must lie in 1..1000"),
                   (self.batch_size >= 1, "--batch-size must be at least 1"),
-                  (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "--lr must be a positive number"),
-                  (self.head_lr is None or (math.isfinite(self.head_lr) and self.head_lr > 0),
-                   "--head-lr must be a positive number"),
+                  (self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be a number in (0, {MAX_LR}]"),
+                  (self.head_lr is None or 0 < self.head_lr <= MAX_LR, f"--head-lr must be a number in (0, {MAX_LR}]"),
                   (0 <= self.probe_epochs < self.epochs, "--probe-epochs must lie in [0, --epochs)"),
                   (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
                   (self.adapter_size >= 1, "--adapter-size must be at least 1"),
@@ -103,7 +103,7 @@ class TrainConfig:
                   (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
                   (self.doc_stride >= 0, "--doc-stride must be at least 0"),
                   (self.top_layers >= 1, "--top-layers must be at least 1"),
-                  (math.isfinite(self.init_std) and self.init_std >= 0, "--init-std must be a number >= 0"),
+                  (0 <= self.init_std <= 10, "--init-std must be a number in [0, 10]"),
                   (self.max_train is None or self.max_train >= 1, "--max-train must be at least 1"),
                   (self.max_validation is None or self.max_validation >= 1, "--max-validation must be at least 1"),
                   # numpy seeds must be < 2**32 and each epoch re-seeds with seed * 1000 + epoch
