@@ -55,7 +55,9 @@ BUDGETS = {
         "seeds_task": "glue/cola", "extra_seeds": (43, 44), "mpnet_task": "glue/cola",
         "recipe_tasks": ("r8", "20newsgroups"),
         "recipe_check": ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola", "rotten_tomatoes", "trec", "sms_spam"),
-        "recipe_variants": ({"head_lr": 3e-2}, {"head_lr": 1e-2}, {}, {"head_lr": 3e-2, "probe_epochs": 1},
+        "recipe_check_variants": ({"head_lr": 3e-2}, {}, {"head_lr": 3e-2, "site": "before_dropout"}),
+        "recipe_variants": ({"head_lr": 3e-2}, {"head_lr": 1e-2}, {}, {"head_lr": 3e-2, "site": "before_dropout"},
+                            {"head_lr": 3e-2, "probe_epochs": 1},
                             {"head_lr": 3e-2, "train_embedding_norm": True}, {"head_lr": 3e-2, "init_std": 2e-2}),
         "lr_note": "adapters 1e-3 (adapterkit's default), LN-only 3e-3, head-only 3e-2 (a new head alone needs "
                    "a large lr), full FT and top-k 1e-4 (sequential full FT too)",

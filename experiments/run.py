@@ -360,13 +360,13 @@ def recipe_spec(R: Runner, task: str, variant: dict) -> dict:
 
 def recipe_specs(R: Runner) -> list[dict]:
     """Issue 12's recipe search on the tasks where the old default fell below head-only (R8, 20 Newsgroups):
-    recipe 2 with each of the budget's ``recipe_variants`` (the head at its own lr, LP-FT, the embedding norm,
-    a larger init); and the first variant against plain recipe 2 on the other tasks (``recipe_check``), since a
-    default must win across tasks. Ordered by what is most likely to matter, so a short session gets the
+    recipe 2 with each of the budget's ``recipe_variants`` (the head at its own lr, the adapter before the
+    dropout, LP-FT, the embedding norm, a larger init); and the ``recipe_check_variants`` on the other tasks
+    (``recipe_check``), since a default must win across tasks. Ordered by what is most likely to matter, so a short session gets the
     informative runs first."""
     first, *rest = R.B["recipe_variants"]
     return ([recipe_spec(R, task, first) for task in R.B["recipe_tasks"]]
-            + [recipe_spec(R, task, v) for task in R.B["recipe_check"] for v in (first, {})]
+            + [recipe_spec(R, task, v) for task in R.B["recipe_check"] for v in R.B["recipe_check_variants"]]
             + [recipe_spec(R, task, v) for v in rest for task in R.B["recipe_tasks"]])
 
 

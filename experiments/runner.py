@@ -50,6 +50,8 @@ def label_of(spec: dict) -> str:
         parts.append(f"hlr{spec['head_lr']:g}")
     if spec.get("train_embedding_norm"):
         parts.append("embln")
+    if "site" in spec:
+        parts.append(spec["site"].replace("_", "-"))
     if spec.get("probe_epochs"):
         parts.append(f"lp{spec['probe_epochs']}")
     if "recipe" in spec:  # trained by adapterkit's recipe N (2: adapter after the dropout, tanh GELU)
@@ -158,6 +160,8 @@ def _train_locked(spec: dict, out: Path) -> dict:
                          init_std=spec.get("init_std", 1e-3), adapter_layers=spec.get("adapter_layers"),
                          bf16=spec.get("bf16", False), train_pooler=spec.get("train_pooler", False),
                          head_lr=spec.get("head_lr"), train_embedding_norm=spec.get("train_embedding_norm", False),
+                         # recipe 2 reads the dropout's output unless its spec says otherwise; earlier runs the projection
+                         site=spec.get("site", "after_dropout" if spec.get("recipe", 1) >= 2 else "before_dropout"),
                          probe_epochs=spec.get("probe_epochs", 0),
                          doc_stride=spec.get("doc_stride", 128),
                          lr=spec["lr"], epochs=spec["epochs"],

@@ -19,7 +19,7 @@ WITH_DROPOUT = {"bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpne
 def _bert(placement, scaling=1.0):
     # attention-prob dropout off: the output dropout is the only draw from the generator in a sublayer
     model = tiny_model("bert", hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.0)
-    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, init_std=0.1, placement=placement, scaling=scaling))
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, init_std=0.1, placement=placement, scaling=scaling, site="after_dropout"))
     ak.train_adapter(model, "a")
     return model, model.bert.encoder.layer[0]
 
@@ -68,7 +68,7 @@ def test_serial_adapter_reads_the_dropped_out_tensor_in_training(arch):
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.5
-    ak.add_adapter(model, "a", ak.AdapterConfig(size=4))
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, site="after_dropout"))
     ak.train_adapter(model, "a")
     seen = []
     hooks = [b.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
@@ -91,12 +91,43 @@ def test_serial_adapter_reads_the_dropped_out_tensor_in_training(arch):
                if arch != "distilbert")
 
 
+def test_before_dropout_site_is_the_first_recipe_in_training():
+    """site="before_dropout": LN(x + drop(h + f(h))), with the same fixed dropout mask."""
+    model = tiny_model("bert", hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.0)
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, init_std=0.1, site="before_dropout"))
+    ak.train_adapter(model, "a")
+    out = model.bert.encoder.layer[0].output
+    f, norm = out.dense.adapters.adapters["a"], out.LayerNorm.adapters.adapters["a"]
+    inter, x = torch.randn(2, 4, 64), torch.randn(2, 4, 32)
+    torch.manual_seed(11)
+    got = out(inter, x)
+    with torch.no_grad():
+        h = nn.functional.linear(inter, out.dense.weight, out.dense.bias)  # the projection alone (its hook adds f)
+        torch.manual_seed(11)
+        expected = norm(nn.functional.dropout(h + f(h), p=0.3, training=True) + x)
+    assert torch.equal(got, expected)
+
+
+def test_adapters_of_one_model_share_one_site():
+    model = tiny_model("bert")
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, site="after_dropout"))
+    with pytest.raises(ValueError, match="same AdapterConfig.site"):
+        ak.add_adapter(model, "b", ak.AdapterConfig(size=4, site="before_dropout"))
+    assert ak.list_adapters(model) == ["a"]  # the failed add left nothing behind
+    ak.add_adapter(model, "c", ak.AdapterConfig(size=4, site="after_dropout"))
+    llama = tiny_model("llama")  # no dropout module: both sites are the projection
+    ak.add_adapter(llama, "a", ak.AdapterConfig(size=4, site="after_dropout"))
+    ak.add_adapter(llama, "b", ak.AdapterConfig(size=4, site="before_dropout"))
+    with pytest.raises(ValueError, match="unknown site"):
+        ak.AdapterConfig(site="middle")
+
+
 def test_spec_without_dropout_keeps_the_adapter_on_the_projection():
     spec = ak.PRESETS["bert"]
     plain = ak.ArchitectureSpec(tuple(ak.Stack(s.layers, s.attention_output, s.ffn_output, s.attention_input,
                                                 s.ffn_input, s.layer_norms) for s in spec.stacks))
     model = tiny_model("bert", hidden_dropout_prob=0.5)
-    ak.add_adapter(model, "a", ak.AdapterConfig(size=4), spec=plain)
+    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, site="after_dropout"), spec=plain)
     ak.train_adapter(model, "a")
     seen = []
     b = model.bert.encoder.layer[0].attention.output.dense.adapters.adapters["a"]
@@ -114,7 +145,7 @@ def test_eval_outputs_do_not_depend_on_the_site():
     inputs = tiny_inputs("bert")
     for model, sp in ((a, spec), (b, plain)):
         torch.manual_seed(1)
-        ak.add_adapter(model, "t", ak.AdapterConfig(size=8, init_std=0.05), spec=sp)
+        ak.add_adapter(model, "t", ak.AdapterConfig(size=8, init_std=0.05, site="after_dropout"), spec=sp)
         ak.set_active(model, "t")
     assert torch.equal(logits(a, inputs), logits(b, inputs))
 

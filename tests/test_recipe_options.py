@@ -145,3 +145,13 @@ def test_schedule_without_probe_is_the_old_one():
     warm, total = 5, 50
     expected = [(s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / (total - warm)) for s in range(50)]
     assert lrs == pytest.approx(expected)
+
+
+def test_site_flows_from_train_into_the_saved_adapter(tiny, tmp_path):
+    metrics = train(_config(tiny, tmp_path / "site", site="after_dropout"))
+    assert metrics["site"] == "after_dropout"
+    saved = json.loads((tmp_path / "site" / "adapter" / "adapter_config.json").read_text())
+    assert saved["config"]["site"] == "after_dropout"
+    assert TrainConfig(output="x").site == "before_dropout" == ak.AdapterConfig().site
+    with pytest.raises(ValueError, match="--site must be after_dropout or before_dropout"):
+        _config(tiny, tmp_path / "x", site="middle")

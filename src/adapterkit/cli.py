@@ -144,6 +144,9 @@ def train(
     top_layers: Annotated[int, typer.Option(help="K for --method top-k")] = 2,
     train_pooler: Annotated[bool, typer.Option(
         help="adapter/ln/head: train the head's own copy of a BERT-style pooler (default: the model's, frozen)")] = False,
+    site: Annotated[str, typer.Option(
+        help="adapter: read the sublayer output before_dropout (default) or after_dropout (adapter-bert's order)")]
+        = "before_dropout",
     train_embedding_norm: Annotated[bool, typer.Option(
         help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")] = False,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
@@ -179,7 +182,7 @@ def train(
     layers = None if adapter_layers is None else tuple(_ints(adapter_layers, "--adapter-layers"))
     config = TrainConfig(output=output, model=model, task=task, method=method, adapter_size=adapter_size,
                          placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers,
-                         train_pooler=train_pooler, train_embedding_norm=train_embedding_norm, lr=lr, head_lr=head_lr,
+                         train_pooler=train_pooler, train_embedding_norm=train_embedding_norm, site=site, lr=lr, head_lr=head_lr,
                          probe_epochs=probe_epochs,
                          epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                          doc_stride=doc_stride, max_train=max_train, max_validation=max_validation, seed=seed,

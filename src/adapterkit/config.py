@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
+SITES = ("after_dropout", "before_dropout")
 # gelu_new = gelu_pytorch_tanh: the tanh approximation adapter-bert (and BERT's original code) uses; gelu: exact.
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "swish", "silu", "tanh", "identity")
 
@@ -58,6 +59,11 @@ class AdapterConfig:
                        "parallel" -- He et al. 2022: adapter(sublayer input) * scaling added to the
                                      sublayer output, for attention and FFN (2 per layer).
     scaling:           multiplier of the adapter's output (parallel placement; 1.0 elsewhere).
+    site:              where a sublayer has a dropout right after its output projection, whether the adapter
+                       reads that dropout's output ("after_dropout": adapter-bert's and AdapterHub's order,
+                       LN(x + drop(h) + f(drop(h)))) or the projection's ("before_dropout": LN(x + drop(h + f(h))),
+                       adapterkit 0.1's). Eval outputs are the same; training differs (docs/results.md, "The
+                       default recipe"). All adapters of one model share one site.
     layers:            layer indices that get adapters (None: all). Counting runs over every layer stack
                        of the model in order (T5: encoder blocks, then decoder blocks).
     train_layer_norms: give the adapter its own copies of the layer norms, trained with it (as in the paper).
@@ -69,6 +75,7 @@ class AdapterConfig:
     activation: str = "gelu_new"
     init_std: float = 1e-3
     placement: str = "houlsby"
+    site: str = "before_dropout"
     scaling: float = 1.0
     layers: tuple[int, ...] | None = None
     train_layer_norms: bool = True
@@ -89,6 +96,8 @@ class AdapterConfig:
             raise AdapterConfigError(f"unknown placement {_r(self.placement)}; choose one of {', '.join(PLACEMENTS)}")
         if not (_is_number(self.scaling) and abs(self.scaling) < float("inf")):
             raise AdapterConfigError(f"scaling must be a finite number, got {_r(self.scaling)}")
+        if not isinstance(self.site, str) or self.site not in SITES:
+            raise AdapterConfigError(f"unknown site {_r(self.site)}; choose one of {', '.join(SITES)}")
         if self.placement != "parallel" and self.scaling != 1.0:
             raise AdapterConfigError("scaling applies to placement='parallel' only")
         for flag in ("train_layer_norms", "train_embedding_norm"):

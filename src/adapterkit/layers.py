@@ -126,6 +126,7 @@ class BottleneckLayer(AdapterModule):
         self._sublayer_input: torch.Tensor | None = None
         self._handles = []
         self._capture_handle = None  # the sublayer-input hook, while some adapter here is parallel
+        self.__dict__["site"] = output_module  # the hooked module (a plain attribute, not a submodule)
         self._hook(output_module.register_forward_hook, self._on_output)
 
     def add(self, name: str, bottleneck: Bottleneck, parallel_input: nn.Module | None = None, scaling: float = 1.0) -> None:

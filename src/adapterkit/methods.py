@@ -52,6 +52,7 @@ class MethodConfig:
     adapter_layers: tuple[int, ...] | None = None  # adapter method: AdapterConfig.layers (None: every layer)
     train_pooler: bool = False  # adapter/ln/head: HeadConfig.train_pooler (full and top-k train it anyway)
     train_embedding_norm: bool = False  # adapter/ln: AdapterConfig.train_embedding_norm
+    site: str = "before_dropout"  # adapter: AdapterConfig.site
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -83,7 +84,8 @@ def _num_layers(model: nn.Module) -> int:
 def adapter_config_for(method: MethodConfig, model: nn.Module) -> ak.AdapterConfig:
     if method.method == "adapter":
         return ak.AdapterConfig(size=method.adapter_size, placement=method.placement, init_std=method.init_std,
-                                layers=method.adapter_layers, train_embedding_norm=method.train_embedding_norm)
+                                layers=method.adapter_layers, train_embedding_norm=method.train_embedding_norm,
+                                site=method.site)
     last = (_num_layers(model) - 1,) if method.method == "head" else None
     return ak.AdapterConfig(size=1, init_std=0.0, placement="pfeiffer", layers=last,
                             train_layer_norms=method.method == "ln",

@@ -102,13 +102,14 @@ def _output_dim(module: nn.Module) -> int:
     raise ValueError(f"cannot tell the output width of {type(module).__name__}; use an nn.Linear output projection")
 
 
-def _sublayers(layer: LayerSites, placement: str) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
+def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
     """(output projection, the module whose output the adapter rewrites, sublayer input module) for each
-    sublayer that gets an adapter under ``placement``. The holder hangs on the projection (its state-dict keys
-    name it), the hook on the dropout after it where there is one (see architectures.py)."""
-    attention = (layer.attention_output, layer.attention_site, layer.attention_input)
-    ffn = (layer.ffn_output, layer.ffn_site, layer.ffn_input)
-    return [ffn] if placement == "pfeiffer" else [attention, ffn]
+    sublayer that gets an adapter under ``config.placement``. The holder hangs on the projection (its state-dict
+    keys name it), the hook on the dropout after it for ``site="after_dropout"`` where there is one."""
+    after = config.site == "after_dropout"
+    attention = (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input)
+    ffn = (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)
+    return [ffn] if config.placement == "pfeiffer" else [attention, ffn]
 
 
 @dataclass
@@ -149,7 +150,7 @@ def _plan(model: nn.Module, spec: ArchitectureSpec, config: AdapterConfig, head)
     for index, layer in enumerate(layers):
         if config.layers is not None and index not in config.layers:
             continue
-        for output_module, site, input_module in _sublayers(layer, config.placement):
+        for output_module, site, input_module in _sublayers(layer, config):
             d = _output_dim(output_module)
             m = config.bottleneck_size(d)
             if m > MAX_SIZE_FACTOR * d:
@@ -246,6 +247,9 @@ def _build(model, name, config, plan, routing, created, touched) -> None:
             bottleneck = Bottleneck(d, m, config.activation, config.init_std)
             bottleneck.to(device=reference.device, dtype=reference.dtype)
             holder = _holder(output_module, lambda s=site: BottleneckLayer(routing, s), created)
+            if holder.site is not site:
+                raise ValueError(f"this model's adapters read their sublayer's output at another site than site="
+                                 f"{config.site!r}; give every adapter of one model the same AdapterConfig.site")
             touched.append(holder)
             parallel = config.placement == "parallel"
             holder.add(name, bottleneck, parallel_input=input_module if parallel else None, scaling=config.scaling)

@@ -70,6 +70,7 @@ class TrainConfig:
     top_layers: int = 2
     train_pooler: bool = False  # adapter/ln/head: the head trains its own copy of a BERT-style pooler
     train_embedding_norm: bool = False  # adapter/ln: also a copy of the embeddings' layer norm (as adapter-bert)
+    site: str = "before_dropout"  # adapter: AdapterConfig.site (after_dropout: adapter-bert's order)
     lr: float | None = None  # None: DEFAULT_LR[method]
     head_lr: float | None = None  # the task head's lr (None: the same as lr); see methods.head_parameters
     probe_epochs: int = 0  # LP-FT (Kumar et al. 2022): the first N epochs train only the head, then everything
@@ -97,6 +98,7 @@ class TrainConfig:
                   (self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be a number in (0, {MAX_LR}]"),
                   (self.head_lr is None or 0 < self.head_lr <= MAX_LR, f"--head-lr must be a number in (0, {MAX_LR}]"),
                   (0 <= self.probe_epochs < self.epochs, "--probe-epochs must lie in [0, --epochs)"),
+                  (self.site in ("after_dropout", "before_dropout"), "--site must be after_dropout or before_dropout"),
                   (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
                   (self.adapter_size >= 1, "--adapter-size must be at least 1"),
                   (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8"),
@@ -194,7 +196,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
 
     # 1. Everything that can fail on bad input happens before anything is written.
     method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers, config.init_std,
-                          config.adapter_layers, config.train_pooler, config.train_embedding_norm)
+                          config.adapter_layers, config.train_pooler, config.train_embedding_norm, config.site)
     task = load_task(config.task, seed=config.seed, max_train=config.max_train,
                      max_validation=config.max_validation, **config.data)
     max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
@@ -314,6 +316,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         "adapter_layers": list(config.adapter_layers) if config.method == "adapter" and config.adapter_layers else None,
         "train_pooler": config.train_pooler if method.uses_adapter else None,
         "train_embedding_norm": config.train_embedding_norm if config.method in ("adapter", "ln") else None,
+        "site": config.site if config.method == "adapter" else None,
         "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
         "top_layers": config.top_layers if config.method == "top-k" else None,
         **counts, "epochs": state["history"], "best": state["best"],
