@@ -118,6 +118,16 @@ def build_world(root: Path, names=("sentiment", "sts", "hot")) -> dict:
     return {"root": root, "model_dir": model_dir, "dirs": dirs, "tok": tok}
 
 
+def build_world_with_root(root: Path) -> dict:
+    """build_world, plus ``w["allowed"]``: an adapter root holding a copy of the "hot" adapter as ``hot/``."""
+    import shutil
+
+    w = build_world(root)
+    w["allowed"] = root / "allowed"
+    shutil.copytree(w["dirs"]["hot"], w["allowed"] / "hot")
+    return w
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident memory (VmHWM) in MB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

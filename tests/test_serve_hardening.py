@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from serve_helpers import Server, build_world, peak_rss_mb, perturb
+from serve_helpers import Server, build_world_with_root, peak_rss_mb, perturb
 
 import adapterkit as ak
 from adapterkit.models import load_model
@@ -32,12 +32,7 @@ TEXTS = ["a gripping, beautifully acted film", "dull and far too long", ["the ca
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("harden")
-    w = build_world(root)
-    allowed = root / "allowed"
-    shutil.copytree(w["dirs"]["hot"], allowed / "hot")
-    w["allowed"] = allowed
-    return w
+    return build_world_with_root(tmp_path_factory.mktemp("harden"))
 
 
 def _config(path) -> dict:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from serve_helpers import build_world
+from serve_helpers import build_world_with_root
 
 from adapterkit.checks import config_digest
 from adapterkit.models import load_model
@@ -37,10 +37,8 @@ def env(tmp_path_factory):
 
     from adapterkit.serve import create_app
 
-    root = tmp_path_factory.mktemp("fuzz")
-    w = build_world(root)
-    allowed = root / "allowed"
-    shutil.copytree(w["dirs"]["hot"], allowed / "hot")
+    w = build_world_with_root(tmp_path_factory.mktemp("fuzz"))
+    allowed = w["allowed"]
     model, tok = load_model(str(w["model_dir"]))
     s = ServeSettings(max_inputs=8, max_chars=300, max_body_bytes=256 << 10, batch_window_ms=1,
                       adapter_roots=[str(allowed)])
