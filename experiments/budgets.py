@@ -55,7 +55,7 @@ BUDGETS = {
         "seeds_task": "glue/cola", "extra_seeds": (43, 44), "mpnet_task": "glue/cola",
         "recipe_tasks": ("r8", "20newsgroups"),
         "recipe_check": ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola", "rotten_tomatoes", "trec", "sms_spam"),
-        "recipe_check_variants": ({"head_lr": 3e-2}, {}, {"head_lr": 3e-2, "site": "before_dropout"}),
+        "recipe_check_variants": ({"head_lr": 3e-2}, {"head_lr": 3e-2, "site": "before_dropout"}, {}),
         "recipe_variants": ({"head_lr": 3e-2}, {"head_lr": 1e-2}, {}, {"head_lr": 3e-2, "site": "before_dropout"},
                             {"head_lr": 3e-2, "probe_epochs": 1},
                             {"head_lr": 3e-2, "train_embedding_norm": True}, {"head_lr": 3e-2, "init_std": 2e-2}),
