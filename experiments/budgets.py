@@ -56,6 +56,7 @@ BUDGETS = {
         "recipe_tasks": ("r8", "20newsgroups"),
         "recipe_check": ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola", "rotten_tomatoes", "trec", "sms_spam"),
         "recipe_check_variants": ({"head_lr": 3e-2}, {"head_lr": 3e-2, "site": "before_dropout"}, {}),
+        "recipe_squad_variants": ({"head_lr": 3e-2},),
         "recipe_variants": ({"head_lr": 3e-2}, {"head_lr": 1e-2}, {}, {"head_lr": 3e-2, "site": "before_dropout"},
                             {"head_lr": 3e-2, "probe_epochs": 1},
                             {"head_lr": 3e-2, "train_embedding_norm": True}, {"head_lr": 3e-2, "init_std": 2e-2}),

@@ -367,8 +367,16 @@ def recipe_specs(R: Runner) -> list[dict]:
     first, *rest = R.B["recipe_variants"]
     check = sorted(R.B["recipe_check"], key=lambda t: CHEAP_FIRST.index(t) if t in CHEAP_FIRST else len(CHEAP_FIRST))
     return ([recipe_spec(R, task, first) for task in R.B["recipe_tasks"]]
-            + [recipe_spec(R, task, v) for v in R.B["recipe_check_variants"] for task in check]
+            + [recipe_spec(R, task, v) for v in R.B["recipe_check_variants"][:2] for task in check]
+            + recipe_squad_specs(R)
+            + [recipe_spec(R, task, v) for v in R.B["recipe_check_variants"][2:] for task in check]
             + [recipe_spec(R, task, v) for v in rest for task in R.B["recipe_tasks"]])
+
+
+def recipe_squad_specs(R: Runner) -> list[dict]:
+    """SQuAD's size-64 adapter (squad_specs' budget) trained by recipe 2 with each ``recipe_squad_variants``."""
+    adapter64 = next(s for s in squad_specs(R) if s["method"] == "adapter" and s["adapter_size"] == 64)
+    return [{**adapter64, "recipe": RECIPE, **v} for v in R.B.get("recipe_squad_variants", ())]
 
 
 #: Tasks by their cost at the standard budget (short texts first), so that one variant reaches every

@@ -161,11 +161,15 @@ def squad(d: Doc) -> None:
     S = d.B["squad"]
     specs = run.squad_specs(d.R)
     recs = d.need("squad", specs)
+    recipe2 = run.recipe_squad_specs(d.R)  # issue 12's recipe (listed with the recipe experiment)
+    specs, recs = specs + recipe2, recs + d.need("recipe", recipe2)
     d.add(f"Budget: {S['max_train']} training questions, {S['max_validation']} evaluation questions, "
           f"{S['epochs']} epoch(s), max length {S['max_length']} (windows overlapping by {S['doc_stride']} tokens).", "",
           "| method | trained % | F1 | EM |", "|---|---|---|---|")
     for spec, r in zip(specs, recs):
         label = f"adapters m={spec['adapter_size']}" if spec["method"] == "adapter" else "full FT"
+        if spec.get("recipe", 1) >= 2:
+            label += f", recipe {spec['recipe']}" + (f", head lr {spec['head_lr']:g}" if spec.get("head_lr") else "")
         if r is None:
             d.add(f"| {label} | | not run | |")
         elif "error" in r["result"]:
