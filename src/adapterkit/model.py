@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
-from .bottleneck import Bottleneck
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
@@ -104,12 +103,12 @@ def _output_dim(module: nn.Module) -> int:
 
 def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
     """(output projection, the module whose output the adapter rewrites, sublayer input module) for each
-    sublayer that gets an adapter under ``config.placement``. The holder hangs on the projection (its state-dict
-    keys name it), the hook on the dropout after it for ``site="after_dropout"`` where there is one."""
+    sublayer its kind (``config.kind.sublayers``) puts a module on. The holder hangs on the projection (its
+    state-dict keys name it), the hook on the dropout after it for ``site="after_dropout"`` where there is one."""
     after = config.site == "after_dropout"
-    attention = (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input)
-    ffn = (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)
-    return [ffn] if config.placement == "pfeiffer" else [attention, ffn]
+    sites = {"attention": (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input),
+             "ffn": (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)}
+    return [sites[sublayer] for sublayer in config.kind.sublayers]
 
 
 @dataclass
@@ -118,7 +117,7 @@ class _Plan:
     allocated: the steps in order, and the state-dict shapes the new adapter's tensors will have."""
 
     head: HeadConfig
-    steps: list[tuple]  # ("bottleneck", output projection, hooked site, input module, d, m) | ("norm", module)
+    steps: list[tuple]  # ("bottleneck", output projection, hooked site, input module, d) | ("norm", module)
     #                     | ("head", module, resize)
     shapes: dict[str, tuple[int, ...]]  # key without the adapter's name (as in an adapter file) -> shape
 
@@ -157,8 +156,8 @@ def _plan(model: nn.Module, spec: ArchitectureSpec, config: AdapterConfig, head)
                 raise AdapterConfigError(
                     f"bottleneck size {m} is over {MAX_SIZE_FACTOR}x the hidden size {d} of {paths[id(output_module)]}; "
                     f"use a size of at most {MAX_SIZE_FACTOR * d} (adapters are usually 8 to 256 wide)")
-            steps.append(("bottleneck", output_module, site, input_module, d, m))
-            expect(output_module, {"down.weight": (m, d), "down.bias": (m,), "up.weight": (d, m), "up.bias": (d,)})
+            steps.append(("bottleneck", output_module, site, input_module, d))
+            expect(output_module, config.kind.shapes(config, d))
         if config.train_layer_norms:
             for norm in layer.layer_norms:
                 steps.append(("norm", norm))
@@ -242,17 +241,16 @@ def _insert(model: nn.Module, name: str, config: AdapterConfig, head, spec: Arch
 def _build(model, name, config, plan, routing, created, touched) -> None:
     for step in plan.steps:
         if step[0] == "bottleneck":
-            _, output_module, site, input_module, d, m = step
+            _, output_module, site, input_module, d = step
             reference = next(output_module.parameters())
-            bottleneck = Bottleneck(d, m, config.activation, config.init_std)
-            bottleneck.to(device=reference.device, dtype=reference.dtype)
+            module = config.kind.build(config, d)
+            module.to(device=reference.device, dtype=reference.dtype)
             holder = _holder(output_module, lambda s=site: BottleneckLayer(routing, s), created)
             if holder.site is not site:
                 raise ValueError(f"this model's adapters read their sublayer's output at another site than site="
                                  f"{config.site!r}; give every adapter of one model the same AdapterConfig.site")
             touched.append(holder)
-            parallel = config.placement == "parallel"
-            holder.add(name, bottleneck, parallel_input=input_module if parallel else None, scaling=config.scaling)
+            holder.add(name, module, config.kind, config, input_module)
         elif step[0] == "norm":
             holder = _holder(step[1], lambda n=step[1]: ModuleCopies(routing, n, role="layer_norm"), created)
             touched.append(holder)
