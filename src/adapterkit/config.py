@@ -106,7 +106,7 @@ class AdapterConfig:
         if not (_is_number(self.scaling) and abs(self.scaling) < float("inf")):
             raise AdapterConfigError(f"scaling must be a finite number, got {_r(self.scaling)}")
         if not isinstance(self.site, str) or self.site not in SITES:
-            raise AdapterConfigError(f"unknown site {_r(self.site)}; choose one of {', '.join(SITES)}")
+            raise AdapterConfigError(f"site must be {' or '.join(SITES)}; unknown site {_r(self.site)}")
         if not self.kind.scaled and self.scaling != 1.0:
             scaled = [n for n in kinds.names() if kinds.get(n).scaled]
             raise AdapterConfigError(f"scaling applies to placement={' or '.join(map(repr, scaled))} only")
