@@ -27,19 +27,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from .composition import Stack
 from .kinds import AdapterKind
 
 
 class Routing:
-    """What is active: None, one adapter name, or a list with one name (or None) per batch row."""
+    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack`, or a list with one
+    name (or None) per batch row."""
 
     def __init__(self) -> None:
-        self.active: str | None | tuple[str | None, ...] = None
+        self.active: str | None | Stack | tuple[str | None, ...] = None
         self._groups: dict[torch.device, list[tuple[str | None, torch.Tensor]]] = {}
 
-    def set(self, active: str | None | Sequence[str | None]) -> None:
-        self.active = active if active is None or isinstance(active, str) else tuple(active)
+    def set(self, active: str | None | Stack | Sequence[str | None]) -> None:
+        self.active = active if active is None or isinstance(active, (str, Stack)) else tuple(active)
         self._groups = {}
+
+    @property
+    def owner(self) -> str | None:
+        """The adapter whose layer norms and head are used (one routing for the whole batch): the active one,
+        or a stack's last."""
+        return self.active.last if isinstance(self.active, Stack) else self.active
 
     @property
     def mixed(self) -> bool:
@@ -171,6 +179,11 @@ class BottleneckLayer(AdapterModule):
         x, self._sublayer_input = self._sublayer_input, None
         if active is None:
             return None
+        if isinstance(active, Stack):  # each adapter of the stack that has a module here reads the previous output
+            names = [n for n in active.names if n in self.adapters]
+            for name in names:
+                h = self._combine(name, h, x)
+            return h if names else None
         if not self.routing.mixed:
             return self._combine(active, h, x) if active in self.adapters else None
         self.routing.check_batch(h.shape[0])
@@ -233,7 +246,7 @@ class ModuleCopies(AdapterModule):
         module's, and ``_on_output`` puts the base ones back. (Re-running a copy after the base norm cost a
         few percent of inference, in page faults for the extra output: see docs/benchmarks.md.)"""
         self._restore(module)  # a forward that raised last time may have left them swapped
-        active = self.routing.active
+        active = self.routing.owner
         if isinstance(active, str) and active in self.adapters:
             self._swapped = dict(module._parameters)
             module._parameters.update(self.adapters[active]._parameters)
@@ -247,7 +260,7 @@ class ModuleCopies(AdapterModule):
         if self._swapped is not None:  # the norm already ran with the active adapter's parameters
             self._restore(module)
             return None
-        active = self.routing.active
+        active = self.routing.owner
         if active is None:
             return None
         if not self.routing.mixed:
