@@ -78,3 +78,14 @@ def minilm_batch(minilm_dir):
 def load_minilm(minilm_dir: str, num_labels: int = 2, seed: int = 0):
     torch.manual_seed(seed)  # the classifier head is new: seed it so two loads are the same model
     return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=num_labels).eval()
+
+
+def reloaded_logits(model, name: str, directory, inputs, model_type: str = "bert") -> torch.Tensor:
+    """Save adapter ``name``, load it into a fresh tiny model of ``model_type`` and return its logits there."""
+    import adapterkit as ak
+
+    ak.save_adapter(model, name, directory)
+    fresh = tiny_model(model_type)
+    ak.load_adapter(fresh, directory)
+    ak.set_active(fresh, name)
+    return logits(fresh, inputs)

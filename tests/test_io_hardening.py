@@ -18,6 +18,7 @@ from test_io import resign
 
 import adapterkit as ak
 import adapterkit.io  # noqa: F401  (ak.io)
+import adapterkit.kinds as akkinds
 import adapterkit.model as akmodel
 from adapterkit.checks import MAX_CONFIG_BYTES, config_digest
 from adapterkit.io import CONFIG_FILE, WEIGHTS_FILE
@@ -93,7 +94,7 @@ def test_a_huge_bottleneck_in_a_small_config_is_refused_before_allocating(saved,
     path = copy_of(saved, tmp_path)
     resign(path / CONFIG_FILE, lambda m: m["config"].update(size=300000))
     assert (path / CONFIG_FILE).stat().st_size < 2000
-    monkeypatch.setattr(akmodel, "Bottleneck", NoBottleneck)
+    monkeypatch.setattr(akkinds, "Bottleneck", NoBottleneck)  # the bottleneck kinds build it (kinds.py)
     load_fails(tiny_model("bert"), path, r"bottleneck size 300000 is over 4x the hidden size 32 .*at most 128")
     with pytest.raises(ak.AdapterConfigError, match="bottleneck size 300000"):
         ak.add_adapter(tiny_model("bert"), "x", ak.AdapterConfig(size=300000))
@@ -140,7 +141,7 @@ def test_add_adapter_accepts_up_to_the_limit():
 def test_every_config_field_is_checked(saved, tmp_path, mutate, match, monkeypatch):
     path = copy_of(saved, tmp_path)
     resign(path / CONFIG_FILE, mutate)
-    monkeypatch.setattr(akmodel, "Bottleneck", NoBottleneck)
+    monkeypatch.setattr(akkinds, "Bottleneck", NoBottleneck)  # the bottleneck kinds build it (kinds.py)
     message = load_fails(tiny_model("bert"), path, match)
     assert str(path) in message
 
@@ -226,7 +227,7 @@ def test_weights_are_checked_against_the_model_before_allocating(saved, tmp_path
         tensors[key] = torch.zeros(8, 33)
     _rewrite_weights(path, tensors)
     if damage not in ("nan", "inf"):  # the header alone tells: no bottleneck is built
-        monkeypatch.setattr(akmodel, "Bottleneck", NoBottleneck)
+        monkeypatch.setattr(akkinds, "Bottleneck", NoBottleneck)  # the bottleneck kinds build it (kinds.py)
     load_fails(tiny_model("bert"), path, match)
 
 
@@ -288,7 +289,7 @@ def test_a_failed_add_adapter_leaves_the_model_exactly_as_it_was(monkeypatch, er
     model = _with_adapter(existing) if existing else tiny_model("bert")
     before = snapshot(model)
     made = []
-    real = akmodel.Bottleneck
+    real = akkinds.Bottleneck  # the bottleneck kinds build it (kinds.py)
 
     class Failing(real):
         def __init__(self, *a, **k):
@@ -297,7 +298,7 @@ def test_a_failed_add_adapter_leaves_the_model_exactly_as_it_was(monkeypatch, er
             super().__init__(*a, **k)
             made.append(weakref.ref(self))
 
-    monkeypatch.setattr(akmodel, "Bottleneck", Failing)
+    monkeypatch.setattr(akkinds, "Bottleneck", Failing)
     if fail_at == "norm":
         real_copy = akmodel.ModuleCopies.copy_of_base
         calls = []

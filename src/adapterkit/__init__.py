@@ -5,10 +5,13 @@
     ak.train_adapter(model, "sst2")          # only the adapter, its layer norms and its head train
     ak.save_adapter(model, "sst2", "out/sst2")
     ak.set_active(model, None)               # the untouched base model
+    ak.set_active(model, ak.Stack("lang", "sst2"))                      # sst2's adapters read lang's output
+    ak.add_adapter(model, "avg", ak.Average("sst2", "imdb", weights=[0.5, 0.5]))  # a new, averaged adapter
 """
 
-from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, Stack
+from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, LayerStack
 from .bottleneck import Bottleneck, bottleneck_parameter_count
+from .composition import Average, Stack
 from .config import AdapterConfig, AdapterConfigError
 from .heads import HeadConfig
 from .io import AdapterLoadError, fingerprint, load_adapter, read_adapter_config, save_adapter
@@ -37,8 +40,10 @@ __all__ = [
     "AdapterLoadError",
     "ArchitectureError",
     "ArchitectureSpec",
+    "Average",
     "Bottleneck",
     "HeadConfig",
+    "LayerStack",
     "Stack",
     "active_adapter",
     "adapter_parameters",

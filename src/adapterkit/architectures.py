@@ -1,6 +1,6 @@
 """Architectures as data: where the adapters, layer norms and task heads sit in each model family.
 
-One :class:`Stack` entry per stack of transformer layers. Paths are dotted module paths; ``a|b`` lists
+One :class:`LayerStack` entry per stack of transformer layers. Paths are dotted module paths; ``a|b`` lists
 alternatives (the first that exists wins) because transformers renames modules between releases
 (ViT: ``attention.output.dense`` in 4.x, ``attention.o_proj`` in 5.x). ``layers`` is matched against the
 end of a module name, so ``encoder.layer`` finds ``bert.encoder.layer`` and ``encoder.layer`` alike; the
@@ -25,7 +25,7 @@ class ArchitectureError(ValueError):
 
 
 @dataclass(frozen=True)
-class Stack:
+class LayerStack:
     layers: str  # the nn.ModuleList of layers (suffix of a module name)
     attention_output: str  # attention output projection: serial adapters go after it
     ffn_output: str  # feed-forward output projection
@@ -41,7 +41,7 @@ class Stack:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    stacks: tuple[Stack, ...]
+    stacks: tuple[LayerStack, ...]
     # Top-level modules that make up the task head (only those the model has are used). Each adapter gets
     # its own copies. A model without any (a causal LM with its tied lm_head) shares its head, frozen.
     head: tuple[str, ...] = ("classifier|score|qa_outputs",)
@@ -54,7 +54,7 @@ class ArchitectureSpec:
     embedding_norm: str | None = None
 
 
-_BERT = Stack(
+_BERT = LayerStack(
     layers="encoder.layer",
     attention_output="attention.output.dense",
     ffn_output="output.dense",
@@ -64,7 +64,7 @@ _BERT = Stack(
     attention_dropout="attention.output.dropout",
     ffn_dropout="output.dropout",
 )
-_LLAMA = Stack(
+_LLAMA = LayerStack(
     layers="layers",
     attention_output="self_attn.o_proj",
     ffn_output="mlp.down_proj",
@@ -82,26 +82,26 @@ PRESETS: dict[str, ArchitectureSpec] = {
     "electra": ArchitectureSpec((_BERT,), embedding_norm=_EMBEDDING_NORM),
     "deberta-v2": ArchitectureSpec((_BERT,), head=("pooler", "classifier|qa_outputs"), embedding_norm=_EMBEDDING_NORM),
     "distilbert": ArchitectureSpec(  # its attention has no dropout after out_lin
-        (Stack("transformer.layer", "attention.out_lin", "ffn.lin2", "attention", "ffn", ("sa_layer_norm", "output_layer_norm"),
+        (LayerStack("transformer.layer", "attention.out_lin", "ffn.lin2", "attention", "ffn", ("sa_layer_norm", "output_layer_norm"),
                ffn_dropout="ffn.dropout"),),
         head=("pre_classifier", "classifier|qa_outputs"), embedding_norm=_EMBEDDING_NORM,
     ),
     "mpnet": ArchitectureSpec(
-        (Stack("encoder.layer", "attention.attn.o", "output.dense", "attention.attn", "intermediate", ("attention.LayerNorm", "output.LayerNorm"),
+        (LayerStack("encoder.layer", "attention.attn.o", "output.dense", "attention.attn", "intermediate", ("attention.LayerNorm", "output.LayerNorm"),
                attention_dropout="attention.dropout", ffn_dropout="output.dropout"),),
         embedding_norm=_EMBEDDING_NORM,
     ),
-    "gpt2": ArchitectureSpec((Stack("h", "attn.c_proj", "mlp.c_proj", "attn", "mlp", ("ln_1", "ln_2"),
+    "gpt2": ArchitectureSpec((LayerStack("h", "attn.c_proj", "mlp.c_proj", "attn", "mlp", ("ln_1", "ln_2"),
                                     attention_dropout="attn.resid_dropout", ffn_dropout="mlp.dropout"),)),
     "llama": ArchitectureSpec((_LLAMA,)),
     "mistral": ArchitectureSpec((_LLAMA,)),
     "qwen2": ArchitectureSpec((_LLAMA,)),
     "t5": ArchitectureSpec(
         (
-            Stack("encoder.block", "layer.0.SelfAttention.o", "layer.1.DenseReluDense.wo", "layer.0.SelfAttention",
+            LayerStack("encoder.block", "layer.0.SelfAttention.o", "layer.1.DenseReluDense.wo", "layer.0.SelfAttention",
                   "layer.1.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm"),
                   attention_dropout="layer.0.dropout", ffn_dropout="layer.1.dropout"),
-            Stack("decoder.block", "layer.0.SelfAttention.o", "layer.2.DenseReluDense.wo", "layer.0.SelfAttention",
+            LayerStack("decoder.block", "layer.0.SelfAttention.o", "layer.2.DenseReluDense.wo", "layer.0.SelfAttention",
                   "layer.2.DenseReluDense", ("layer.0.layer_norm", "layer.1.layer_norm", "layer.2.layer_norm"),
                   attention_dropout="layer.0.dropout", ffn_dropout="layer.2.dropout"),
         ),
@@ -109,7 +109,7 @@ PRESETS: dict[str, ArchitectureSpec] = {
     # ViT: transformers 5 applies ONE dropout module after both sublayers, so the adapters stay on the
     # projections (ViT's hidden dropout defaults to 0.0, where the two orders are the same).
     "vit": ArchitectureSpec(
-        (Stack("encoder.layer|layers", "attention.output.dense|attention.o_proj", "output.dense|mlp.fc2", "attention",
+        (LayerStack("encoder.layer|layers", "attention.output.dense|attention.o_proj", "output.dense|mlp.fc2", "attention",
                "intermediate|mlp", ("layernorm_before", "layernorm_after")),),
     ),
 }
@@ -173,7 +173,7 @@ def resolve(model: nn.Module, spec: ArchitectureSpec) -> list[LayerSites]:
 
 
 def layer_lists(model: nn.Module, spec: ArchitectureSpec) -> list[nn.ModuleList]:
-    """The model's layer stacks (one ModuleList per Stack of the spec), in order."""
+    """The model's layer stacks (one ModuleList per LayerStack of the spec), in order."""
     stacks = [_find_layer_list(model, stack.layers) for stack in spec.stacks]
     if any(s is None for s in stacks):
         raise ArchitectureError(f"{type(model).__name__} lacks a layer list of its spec")
@@ -226,4 +226,6 @@ def _candidates(model: nn.Module, limit: int = 12) -> list[str]:
     return names[:limit]
 
 
-__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "PRESETS", "Stack", "detect", "embedding_norm_module", "head_modules", "layer_lists", "pooler_module", "resolve"]
+Stack = LayerStack  # its name until issue 14 (adapterkit.Stack is now the composition block); goes next release
+
+__all__ = ["ArchitectureError", "ArchitectureSpec", "LayerSites", "LayerStack", "PRESETS", "detect", "embedding_norm_module", "head_modules", "layer_lists", "pooler_module", "resolve"]

@@ -24,6 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Houlsby bottleneck adapters for Hugging Face models: train, evaluate, compare.")
 
 # ---- shared options -------------------------------------------------------------------------------------
+#: Where the CLI's defaults for what trains come from: the adapter's are AdapterConfig's (methods.ADAPTER_OPTIONS).
+_DEFAULT = _methods.MethodConfig()
 Model = Annotated[str, typer.Option(help="minilm (bundled default), mpnet, smollm2, a local model dir or a hub id")]
 Task = Annotated[Optional[str], typer.Option(help="(default: local with --train-file, else rotten_tomatoes) rotten_tomatoes, boolq, 20newsgroups, r8, sms_spam, trec, glue/rte, "
                                         "glue/mrpc, glue/cola, glue/stsb, glue/sst2, squad, lm, local, hf:NAME/CONFIG")]
@@ -136,19 +138,23 @@ def train(
     model: Model = "minilm",
     task: Task = None,
     method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head) or head")] = "adapter",
-    adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = 64,
-    placement: Annotated[str, typer.Option(help="houlsby, pfeiffer or parallel")] = "houlsby",
-    init_std: Annotated[float, typer.Option(help="std of the adapters' near-identity init (0: exact identity)")] = 1e-3,
+    adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = _DEFAULT.adapter_size,
+    placement: Annotated[str, typer.Option(help="the adapter kind: houlsby, pfeiffer or parallel (adapterkit.kinds)")]
+        = _DEFAULT.placement,
+    init_std: Annotated[float, typer.Option(help="std of the adapters' near-identity init (0: exact identity)")]
+        = _DEFAULT.init_std,
     adapter_layers: Annotated[Optional[str], typer.Option(
         help="adapters only in these layers, e.g. 3,4,5 (AdapterDrop-style: backprop stops below the lowest)")] = None,
-    top_layers: Annotated[int, typer.Option(help="K for --method top-k")] = 2,
+    top_layers: Annotated[int, typer.Option(help="K for --method top-k")] = _DEFAULT.top_layers,
     train_pooler: Annotated[bool, typer.Option(
-        help="adapter/ln/head: train the head's own copy of a BERT-style pooler (default: the model's, frozen)")] = False,
+        help="adapter/ln/head: train the head's own copy of a BERT-style pooler (default: the model's, frozen)")]
+        = _DEFAULT.train_pooler,
     site: Annotated[str, typer.Option(
         help="adapter: read the sublayer output before_dropout (default) or after_dropout (adapter-bert's order)")]
-        = "before_dropout",
+        = _DEFAULT.site,
     train_embedding_norm: Annotated[bool, typer.Option(
-        help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")] = False,
+        help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")]
+        = _DEFAULT.train_embedding_norm,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
     head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: --lr)")] = None,
     probe_epochs: Annotated[int, typer.Option(
@@ -294,7 +300,8 @@ def sweep(
     task: Task = None,
     method: str = "adapter",
     lrs: Annotated[str, typer.Option(help="learning rates (paper: 3e-5,3e-4,3e-3)")] = "3e-5,3e-4,3e-3",
-    sizes: Annotated[str, typer.Option(help="adapter sizes (paper: 8,64,256)")] = "8,64,256",
+    sizes: Annotated[str, typer.Option(help="adapter sizes (paper: 8,64,256); --method adapter only, the other methods "
+                                            "train once per lr and epochs")] = "8,64,256",
     epochs: Annotated[str, typer.Option(help="epoch counts (paper: 3,20)")] = "3",
     batch_size: int = 32,
     max_length: Optional[int] = None,
@@ -354,7 +361,7 @@ def demo(
     started = time.perf_counter()
     for method in ("head", "adapter", "full"):
         run_dir = Path(output) / method
-        config = TrainConfig(output=str(run_dir), method=method, adapter_size=64, epochs=epochs,
+        config = TrainConfig(output=str(run_dir), method=method, epochs=epochs,
                              batch_size=batch_size, max_train=max_train, max_validation=max_validation,
                              max_length=max_length, resume=True, overwrite=True, progress=not quiet)
         metrics = finished_run(run_dir, config)

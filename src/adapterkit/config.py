@@ -13,7 +13,8 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any
 
-PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
+from . import kinds
+
 SITES = ("after_dropout", "before_dropout")
 # gelu_new = gelu_pytorch_tanh: the tanh approximation adapter-bert (and BERT's original code) uses; gelu: exact.
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "swish", "silu", "tanh", "identity")
@@ -23,6 +24,13 @@ ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "swish", "silu",
 # narrower than the hidden size (the paper: 8 to 256 on 768); the headroom is for tiny test models, and the
 # cap keeps a damaged or hostile config (size 300000) from allocating gigabytes.
 MAX_SIZE_FACTOR = 4
+DEFAULT_SIZE = 64  # the bottleneck width when neither size nor reduction_factor is given (adapter-bert's)
+
+
+def __getattr__(name: str):
+    if name == "PLACEMENTS":  # the names this module once listed; the registry now holds them (kinds.py)
+        return kinds.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AdapterConfigError(ValueError):
@@ -46,7 +54,7 @@ def _is_number(x: Any) -> bool:
 class AdapterConfig:
     """How one adapter is shaped and where it sits.
 
-    size:              bottleneck width m. Give this or ``reduction_factor``; neither means 64. add_adapter
+    size:              bottleneck width m. Give this or ``reduction_factor``; neither means DEFAULT_SIZE (64). add_adapter
                        refuses an m over MAX_SIZE_FACTOR (4) times the hidden size.
     reduction_factor:  m = hidden_size / reduction_factor (rounded, at least 1).
     activation:        nonlinearity between the down- and up-projection (``gelu_new``: adapter-bert's tanh GELU).
@@ -54,11 +62,12 @@ class AdapterConfig:
                        0 makes the adapter an exact identity at start. The paper (Figure 6) finds
                        stds up to ~1e-2 equally good and larger ones worse: above 1e-2 the adapter
                        no longer starts near the identity.
-    placement:         "houlsby"  -- after the attention and the FFN output projections (2 per layer);
+    placement:         the adapter kind, a name in the registry of ``kinds.py``; built in:
+                       "houlsby"  -- after the attention and the FFN output projections (2 per layer);
                        "pfeiffer" -- after the FFN output projection only (1 per layer);
                        "parallel" -- He et al. 2022: adapter(sublayer input) * scaling added to the
                                      sublayer output, for attention and FFN (2 per layer).
-    scaling:           multiplier of the adapter's output (parallel placement; 1.0 elsewhere).
+    scaling:           multiplier of the adapter's output (kinds with ``scaled``: parallel; 1.0 elsewhere).
     site:              where a sublayer has a dropout right after its output projection, whether the adapter
                        reads that dropout's output ("after_dropout": adapter-bert's and AdapterHub's order,
                        LN(x + drop(h) + f(drop(h)))) or the projection's ("before_dropout": LN(x + drop(h + f(h))),
@@ -92,14 +101,15 @@ class AdapterConfig:
             raise AdapterConfigError(f"unknown activation {_r(self.activation)}; choose one of {', '.join(ACTIVATIONS)}")
         if not (_is_number(self.init_std) and 0 <= self.init_std <= 10):  # the paper's sweep ends at 1
             raise AdapterConfigError(f"init_std must be a number in [0, 10] (default 1e-3: near identity), got {_r(self.init_std)}")
-        if not isinstance(self.placement, str) or self.placement not in PLACEMENTS:
-            raise AdapterConfigError(f"unknown placement {_r(self.placement)}; choose one of {', '.join(PLACEMENTS)}")
+        if not isinstance(self.placement, str) or self.placement not in kinds.names():
+            raise AdapterConfigError(f"unknown placement {_r(self.placement)}; choose one of {', '.join(kinds.names())}")
         if not (_is_number(self.scaling) and abs(self.scaling) < float("inf")):
             raise AdapterConfigError(f"scaling must be a finite number, got {_r(self.scaling)}")
         if not isinstance(self.site, str) or self.site not in SITES:
-            raise AdapterConfigError(f"unknown site {_r(self.site)}; choose one of {', '.join(SITES)}")
-        if self.placement != "parallel" and self.scaling != 1.0:
-            raise AdapterConfigError("scaling applies to placement='parallel' only")
+            raise AdapterConfigError(f"site must be {' or '.join(SITES)}; unknown site {_r(self.site)}")
+        if not self.kind.scaled and self.scaling != 1.0:
+            scaled = [n for n in kinds.names() if kinds.get(n).scaled]
+            raise AdapterConfigError(f"scaling applies to placement={' or '.join(map(repr, scaled))} only")
         for flag in ("train_layer_norms", "train_embedding_norm"):
             if not isinstance(getattr(self, flag), bool):
                 raise AdapterConfigError(f"{flag} must be True or False, got {_r(getattr(self, flag))}")
@@ -111,12 +121,17 @@ class AdapterConfig:
                 raise AdapterConfigError(f"layers must be distinct non-negative integers, got {_r(self.layers)}")
             object.__setattr__(self, "layers", tuple(sorted(layers)))
 
+    @property
+    def kind(self) -> kinds.AdapterKind:
+        """The registry entry of ``placement``: the sites it needs, what it builds, how it combines."""
+        return kinds.get(self.placement)
+
     def bottleneck_size(self, hidden_size: int) -> int:
         if self.size is not None:
             return self.size
         if self.reduction_factor is not None:
             return max(1, round(min(hidden_size / self.reduction_factor, 2.0**62)))  # 1e-320 would be inf
-        return 64
+        return DEFAULT_SIZE
 
     def check_layers(self, num_layers: int) -> None:
         """Raise if a requested layer index does not exist in a model with ``num_layers`` layers."""

@@ -4,7 +4,8 @@ Nothing in the user's model is replaced, subclassed or copied. Each adapted modu
 ``adapters`` (an :class:`AdapterModule`) and a forward hook that rewrites the module's output:
 
 * :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out; after the dropout that follows the
-  output projection where the model has one, as in adapter-bert):
+  output projection where the model has one, as in adapter-bert); each adapter's kind (``kinds.py``) says
+  how its module meets the output, e.g.
       serial   (houlsby, pfeiffer):  h -> h + up(act(down(h)))
       parallel (He et al. 2022):     h -> h + s * up(act(down(x)))   x = the sublayer's input
 * :class:`ModuleCopies` on a layer norm or a task-head module: each adapter owns a copy of the module
@@ -21,23 +22,32 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .bottleneck import Bottleneck
+from .composition import Stack
+from .kinds import AdapterKind
 
 
 class Routing:
-    """What is active: None, one adapter name, or a list with one name (or None) per batch row."""
+    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack`, or a list with one
+    name (or None) per batch row."""
 
     def __init__(self) -> None:
-        self.active: str | None | tuple[str | None, ...] = None
+        self.active: str | None | Stack | tuple[str | None, ...] = None
         self._groups: dict[torch.device, list[tuple[str | None, torch.Tensor]]] = {}
 
-    def set(self, active: str | None | Sequence[str | None]) -> None:
-        self.active = active if active is None or isinstance(active, str) else tuple(active)
+    def set(self, active: str | None | Stack | Sequence[str | None]) -> None:
+        self.active = active if active is None or isinstance(active, (str, Stack)) else tuple(active)
         self._groups = {}
+
+    @property
+    def owner(self) -> str | None:
+        """The adapter whose layer norms and head are used (one routing for the whole batch): the active one,
+        or a stack's last."""
+        return self.active.last if isinstance(self.active, Stack) else self.active
 
     @property
     def mixed(self) -> bool:
@@ -115,33 +125,38 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 class BottleneckLayer(AdapterModule):
-    """Per-adapter bottlenecks on one sublayer output. It hangs on the output projection (so its weights are
-    named after it) and hooks ``output_module``: the projection itself, or the dropout right after it."""
+    """Per-adapter modules on one sublayer output, each combined with it as its kind says (``kinds.py``).
+    It hangs on the output projection (so its weights are named after it) and hooks ``output_module``: the
+    projection itself, or the dropout right after it. Kinds that read the sublayer's input get it from a
+    forward pre-hook on ``input_module``, registered only while some adapter here needs it."""
 
     role = "adapter"
 
     def __init__(self, routing: Routing, output_module: nn.Module):
         super().__init__(routing)
-        self.parallel: dict[str, float] = {}  # adapter name -> scaling, for parallel adapters only
+        self.kinds: dict[str, tuple[AdapterKind, Any]] = {}  # adapter name -> (its kind, its AdapterConfig)
         self._sublayer_input: torch.Tensor | None = None
         self._handles = []
-        self._capture_handle = None  # the sublayer-input hook, while some adapter here is parallel
+        self._capture_handle = None  # the sublayer-input hook, while some adapter here reads the input
         self.__dict__["site"] = output_module  # the hooked module (a plain attribute, not a submodule)
         self._hook(output_module.register_forward_hook, self._on_output)
 
-    def add(self, name: str, bottleneck: Bottleneck, parallel_input: nn.Module | None = None, scaling: float = 1.0) -> None:
-        """Serial adapter, or, given the sublayer's input module, a parallel one fed by that input."""
-        self.adapters[name] = bottleneck
-        if parallel_input is not None:
-            self.parallel[name] = scaling
-            if self._capture_handle is None:  # hook the input only while some adapter here needs it
-                self._capture_handle = parallel_input.register_forward_pre_hook(self._capture_input, with_kwargs=True)
-                self._handles.append(self._capture_handle)
+    def add(self, name: str, module: nn.Module, kind: AdapterKind, config: Any, input_module: nn.Module | None = None) -> None:
+        """Adapter ``name``'s ``module`` of ``kind`` here; ``input_module`` is the sublayer's (for kinds that read it)."""
+        self.adapters[name] = module
+        self.kinds[name] = (kind, config)
+        if kind.reads_input and self._capture_handle is None:  # hook the input only while some adapter needs it
+            self._capture_handle = input_module.register_forward_pre_hook(self._capture_input, with_kwargs=True)
+            self._handles.append(self._capture_handle)
+
+    @property
+    def reads_input(self) -> bool:
+        return any(kind.reads_input for kind, _ in self.kinds.values())
 
     def remove(self, name: str) -> None:
         super().remove(name)
-        self.parallel.pop(name, None)
-        if not self.parallel and self._capture_handle is not None:  # the last parallel adapter here: unhook the input
+        self.kinds.pop(name, None)
+        if not self.reads_input and self._capture_handle is not None:  # the last reader here: unhook the input
             self._capture_handle.remove()
             self._handles.remove(self._capture_handle)
             self._capture_handle = None
@@ -152,52 +167,49 @@ class BottleneckLayer(AdapterModule):
         self._capture_handle = None
 
     def _capture_input(self, module, args, kwargs):
-        if self.parallel:
+        if self.reads_input:
             self._sublayer_input = _first_tensor(args, kwargs)
 
-    def _branch(self, name: str, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        adapter = self.adapters[name]
-        if name in self.parallel:
-            return adapter(x) * self.parallel[name]
-        return adapter(h)
+    def _combine(self, name: str, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        kind, config = self.kinds[name]
+        return kind.combine(self.adapters[name], h, x if kind.reads_input else None, config)
 
     def _on_output(self, module, args, h: torch.Tensor):  # h: (B, T, d)
         active = self.routing.active
         x, self._sublayer_input = self._sublayer_input, None
         if active is None:
             return None
+        if isinstance(active, Stack):  # each adapter of the stack that has a module here reads the previous output
+            names = [n for n in active.names if n in self.adapters]
+            for name in names:
+                h = self._combine(name, h, x)
+            return h if names else None
         if not self.routing.mixed:
-            return h + self._branch(active, h, x) if active in self.adapters else None
+            return self._combine(active, h, x) if active in self.adapters else None
         self.routing.check_batch(h.shape[0])
         return self._apply_mixed(h, x)
 
     def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         """Each row through its own adapter, grouped by adapter. Gathering per-row weights for one batched
         matmul (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping
-        works for every adapter kind (parallel too) without copying weights per row."""
+        works for every adapter kind without copying weights per row."""
         groups = self.routing.groups(h.device)
+        rows_of = lambda t, rows: None if t is None else t[rows]  # noqa: E731
         if isinstance(groups[0][1], slice) and not torch.is_grad_enabled():  # inference: write into one output
             out = torch.empty_like(h)
-            for name, rows in groups:
-                if name in self.adapters:  # rows of other adapters and of the base model pass unchanged
-                    torch.add(h[rows], self._branch(name, h[rows], None if x is None else x[rows]), out=out[rows])
-                else:
-                    out[rows] = h[rows]
+            for name, rows in groups:  # rows of other adapters and of the base model pass unchanged
+                out[rows] = self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
             return out
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
-            pieces = []
-            for name, rows in groups:
-                piece = h[rows]
-                if name in self.adapters:  # rows of other adapters and of the base model pass unchanged
-                    piece = piece + self._branch(name, piece, None if x is None else x[rows])
-                pieces.append(piece)
+            pieces = [self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
+                      for name, rows in groups]
             return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         out = None
         for name, rows in groups:
             if name in self.adapters:
-                branch = self._branch(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
+                combined = self._combine(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
                 out = h.clone() if out is None else out
-                out.index_add_(0, rows, branch)
+                out.index_copy_(0, rows, combined)
         return h if out is None else out
 
 
@@ -234,7 +246,7 @@ class ModuleCopies(AdapterModule):
         module's, and ``_on_output`` puts the base ones back. (Re-running a copy after the base norm cost a
         few percent of inference, in page faults for the extra output: see docs/benchmarks.md.)"""
         self._restore(module)  # a forward that raised last time may have left them swapped
-        active = self.routing.active
+        active = self.routing.owner
         if isinstance(active, str) and active in self.adapters:
             self._swapped = dict(module._parameters)
             module._parameters.update(self.adapters[active]._parameters)
@@ -248,7 +260,7 @@ class ModuleCopies(AdapterModule):
         if self._swapped is not None:  # the norm already ran with the active adapter's parameters
             self._restore(module)
             return None
-        active = self.routing.active
+        active = self.routing.owner
         if active is None:
             return None
         if not self.routing.mixed:

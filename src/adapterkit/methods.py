@@ -20,9 +20,12 @@ save a whole model with ``save_pretrained`` (plus the tokenizer) instead.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ from torch import nn
 
 import adapterkit as ak
 from .architectures import detect, layer_lists
+from .config import DEFAULT_SIZE
 from .model import adapter_modules
 
 METHODS = ("adapter", "full", "top-k", "ln", "head")
@@ -42,26 +46,99 @@ class MethodError(ValueError):
     """A method cannot be set up with the given options."""
 
 
-@dataclass(frozen=True)
+#: The training layer's names (CLI options, metrics.json keys, TrainConfig / MethodConfig keywords) of the
+#: AdapterConfig fields it exposes, as recorded since 0.1. The fields and their defaults live in AdapterConfig.
+ADAPTER_OPTIONS = {"adapter_size": "size", "placement": "placement", "init_std": "init_std",
+                   "adapter_layers": "layers", "site": "site", "train_embedding_norm": "train_embedding_norm"}
+
+
+def option_name(keyword: str) -> str:
+    return "--" + keyword.replace("_", "-")
+
+
+def adapter_with(adapter: ak.AdapterConfig, options: dict) -> ak.AdapterConfig:
+    """``adapter`` with the AdapterConfig fields in ``options`` replaced; an invalid value is reported under
+    its option name (``--adapter-size must be a positive integer, got 0``)."""
+    try:
+        return dataclasses.replace(adapter, **options)
+    except ak.AdapterConfigError as e:
+        message = str(e)
+        for keyword, name in ADAPTER_OPTIONS.items():
+            if name in options and message.startswith(name + " "):
+                message = option_name(keyword) + message[len(name):]
+                break
+        raise ak.AdapterConfigError(message) from None
+
+
+def with_adapter_options(cls):
+    """Class decorator for a dataclass with an ``adapter: AdapterConfig`` field: it also takes the keywords of
+    ADAPTER_OPTIONS (``cls(adapter_size=8)`` sets ``adapter.size``), so the flat names of 0.1 keep working
+    while the values and their defaults live in the AdapterConfig alone. (Reading them back: the
+    properties of :class:`MethodConfig`.)"""
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        options = {ADAPTER_OPTIONS[k]: kwargs.pop(k) for k in list(kwargs) if k in ADAPTER_OPTIONS}
+        if options:
+            bound = signature.bind_partial(self, *args, **kwargs)
+            bound.arguments["adapter"] = adapter_with(_as_adapter_config(bound.arguments.get("adapter")), options)
+            args, kwargs = bound.args[1:], bound.kwargs
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+def _as_adapter_config(value) -> ak.AdapterConfig:
+    if value is None:
+        return ak.AdapterConfig()
+    if isinstance(value, dict):  # as recorded in JSON
+        return ak.AdapterConfig.from_dict(value)
+    if not isinstance(value, ak.AdapterConfig):
+        raise MethodError(f"adapter must be an AdapterConfig, got {type(value).__name__}")
+    return value
+
+
+@with_adapter_options
+@dataclass
 class MethodConfig:
+    """What trains: the method, the adapter it adds (``adapter``: the whole AdapterConfig, used by the
+    adapter method; ln/head add their own identity bottleneck, see :func:`adapter_config_for`), K for
+    top-k, and whether the head trains its own pooler copy (adapter/ln/head; full and top-k train it anyway).
+
+    Takes the flat option names of 0.1 too: ``MethodConfig("adapter", adapter_size=8)``
+    (see ADAPTER_OPTIONS), and reads them back as properties (``.adapter_size`` is ``adapter.size``)."""
+
     method: str = "adapter"
-    adapter_size: int = 64
-    placement: str = "houlsby"
-    top_layers: int = 1
-    init_std: float = 1e-3  # adapter method: AdapterConfig.init_std
-    adapter_layers: tuple[int, ...] | None = None  # adapter method: AdapterConfig.layers (None: every layer)
-    train_pooler: bool = False  # adapter/ln/head: HeadConfig.train_pooler (full and top-k train it anyway)
-    train_embedding_norm: bool = False  # adapter/ln: AdapterConfig.train_embedding_norm
-    site: str = "before_dropout"  # adapter: AdapterConfig.site
+    adapter: ak.AdapterConfig = field(default_factory=ak.AdapterConfig)
+    top_layers: int = 2  # K for --method top-k
+    train_pooler: bool = False  # adapter/ln/head: HeadConfig.train_pooler
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise MethodError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        self.adapter = _as_adapter_config(self.adapter)
+        if not (isinstance(self.top_layers, int) and self.top_layers >= 1):
+            raise MethodError("--top-layers must be at least 1")
 
     @property
     def uses_adapter(self) -> bool:
         """Whether the result is a core adapter directory (else a whole saved model)."""
         return self.method in ("adapter", "ln", "head")
+
+    @property
+    def adapter_size(self) -> int | None:
+        """The bottleneck width ``adapter`` gives (None when it is a reduction factor of the hidden size)."""
+        a = self.adapter
+        return a.size if a.size is not None else None if a.reduction_factor is not None else DEFAULT_SIZE
+
+    placement = property(lambda self: self.adapter.placement, doc="``adapter.placement``")
+    init_std = property(lambda self: self.adapter.init_std, doc="``adapter.init_std``")
+    adapter_layers = property(lambda self: self.adapter.layers, doc="``adapter.layers``")
+    site = property(lambda self: self.adapter.site, doc="``adapter.site``")
+    train_embedding_norm = property(lambda self: self.adapter.train_embedding_norm, doc="``adapter.train_embedding_norm``")
 
 
 def head_for(kind: str, label_names: list[str] | None, train_pooler: bool = False) -> ak.HeadConfig | None:
@@ -82,10 +159,8 @@ def _num_layers(model: nn.Module) -> int:
 
 
 def adapter_config_for(method: MethodConfig, model: nn.Module) -> ak.AdapterConfig:
-    if method.method == "adapter":
-        return ak.AdapterConfig(size=method.adapter_size, placement=method.placement, init_std=method.init_std,
-                                layers=method.adapter_layers, train_embedding_norm=method.train_embedding_norm,
-                                site=method.site)
+    if method.method == "adapter":  # the width written out in the saved config, as since 0.1
+        return method.adapter if method.adapter_size is None else dataclasses.replace(method.adapter, size=method.adapter_size)
     last = (_num_layers(model) - 1,) if method.method == "head" else None
     return ak.AdapterConfig(size=1, init_std=0.0, placement="pfeiffer", layers=last,
                             train_layer_norms=method.method == "ln",
@@ -215,5 +290,5 @@ def named_trainable(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
-__all__ = ["ADAPTER_NAME", "METHODS", "MethodConfig", "MethodError", "count_parameters", "head_for", "head_parameters", "prepare",
+__all__ = ["ADAPTER_NAME", "ADAPTER_OPTIONS", "METHODS", "MethodConfig", "MethodError", "count_parameters", "head_for", "head_parameters", "prepare",
            "read_result_meta", "save_result", "trainable_state"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
-from .bottleneck import Bottleneck
+from .composition import Average, Stack
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
@@ -104,12 +104,12 @@ def _output_dim(module: nn.Module) -> int:
 
 def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
     """(output projection, the module whose output the adapter rewrites, sublayer input module) for each
-    sublayer that gets an adapter under ``config.placement``. The holder hangs on the projection (its state-dict
-    keys name it), the hook on the dropout after it for ``site="after_dropout"`` where there is one."""
+    sublayer its kind (``config.kind.sublayers``) puts a module on. The holder hangs on the projection (its
+    state-dict keys name it), the hook on the dropout after it for ``site="after_dropout"`` where there is one."""
     after = config.site == "after_dropout"
-    attention = (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input)
-    ffn = (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)
-    return [ffn] if config.placement == "pfeiffer" else [attention, ffn]
+    sites = {"attention": (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input),
+             "ffn": (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)}
+    return [sites[sublayer] for sublayer in config.kind.sublayers]
 
 
 @dataclass
@@ -118,7 +118,7 @@ class _Plan:
     allocated: the steps in order, and the state-dict shapes the new adapter's tensors will have."""
 
     head: HeadConfig
-    steps: list[tuple]  # ("bottleneck", output projection, hooked site, input module, d, m) | ("norm", module)
+    steps: list[tuple]  # ("bottleneck", output projection, hooked site, input module, d) | ("norm", module)
     #                     | ("head", module, resize)
     shapes: dict[str, tuple[int, ...]]  # key without the adapter's name (as in an adapter file) -> shape
 
@@ -157,8 +157,8 @@ def _plan(model: nn.Module, spec: ArchitectureSpec, config: AdapterConfig, head)
                 raise AdapterConfigError(
                     f"bottleneck size {m} is over {MAX_SIZE_FACTOR}x the hidden size {d} of {paths[id(output_module)]}; "
                     f"use a size of at most {MAX_SIZE_FACTOR * d} (adapters are usually 8 to 256 wide)")
-            steps.append(("bottleneck", output_module, site, input_module, d, m))
-            expect(output_module, {"down.weight": (m, d), "down.bias": (m,), "up.weight": (d, m), "up.bias": (d,)})
+            steps.append(("bottleneck", output_module, site, input_module, d))
+            expect(output_module, config.kind.shapes(config, d))
         if config.train_layer_norms:
             for norm in layer.layer_norms:
                 steps.append(("norm", norm))
@@ -189,7 +189,7 @@ def planned_tensors(model: nn.Module, config: AdapterConfig | None = None, head:
 def add_adapter(
     model: nn.Module,
     name: str,
-    config: AdapterConfig | None = None,
+    config: AdapterConfig | Average | None = None,
     head: HeadConfig | int | str | dict | None = None,
     spec: ArchitectureSpec | None = None,
 ) -> nn.Module:
@@ -201,8 +201,38 @@ def add_adapter(
     Everything is checked before anything is allocated (a bottleneck at most ``MAX_SIZE_FACTOR`` times the
     hidden size, existing layer indices, at most ``MAX_LABELS`` labels), and the insertion is a transaction:
     if anything fails, even a MemoryError or KeyboardInterrupt half-way, the model is left exactly as it was.
+
+    ``config=Average("a", "b", weights=...)`` (composition.py) makes the new adapter the weighted sum of
+    those adapters' tensors, with the first one's config and head.
     """
+    if isinstance(config, Average):
+        if head is not None or spec is not None:
+            raise ValueError("an averaged adapter takes its head and spec from the adapters it averages; drop head/spec")
+        return _average(model, name, config)
     return _insert(model, name, config or AdapterConfig(), head, spec)
+
+
+def _average(model: nn.Module, name: str, block: Average) -> nn.Module:
+    state = get_state(model)
+    for n in block.names:
+        _require(model, n)
+    first = block.names[0]
+    strip = lambda c: {**c.to_dict(), "init_std": None}  # noqa: E731  (how an adapter started no longer matters)
+    for n in block.names[1:]:
+        if strip(state.configs[n]) != strip(state.configs[first]) or state.heads[n] != state.heads[first]:
+            raise ValueError(f"Average: adapters {first!r} and {n!r} differ in config or head; only adapters of one "
+                             "shape can be averaged")
+    sources = [adapter_tensors(model, n) for n in block.names]
+
+    def fill(own: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for key, target in own.items():
+                total = block.weights[0] * sources[0][key]
+                for weight, tensors in zip(block.weights[1:], sources[1:]):
+                    total = total + weight * tensors[key]
+                target.copy_(total)
+
+    return _insert(model, name, state.configs[first], state.heads[first], None, fill=fill)
 
 
 def _insert(model: nn.Module, name: str, config: AdapterConfig, head, spec: ArchitectureSpec | None,
@@ -242,17 +272,16 @@ def _insert(model: nn.Module, name: str, config: AdapterConfig, head, spec: Arch
 def _build(model, name, config, plan, routing, created, touched) -> None:
     for step in plan.steps:
         if step[0] == "bottleneck":
-            _, output_module, site, input_module, d, m = step
+            _, output_module, site, input_module, d = step
             reference = next(output_module.parameters())
-            bottleneck = Bottleneck(d, m, config.activation, config.init_std)
-            bottleneck.to(device=reference.device, dtype=reference.dtype)
+            module = config.kind.build(config, d)
+            module.to(device=reference.device, dtype=reference.dtype)
             holder = _holder(output_module, lambda s=site: BottleneckLayer(routing, s), created)
             if holder.site is not site:
                 raise ValueError(f"this model's adapters read their sublayer's output at another site than site="
                                  f"{config.site!r}; give every adapter of one model the same AdapterConfig.site")
             touched.append(holder)
-            parallel = config.placement == "parallel"
-            holder.add(name, bottleneck, parallel_input=input_module if parallel else None, scaling=config.scaling)
+            holder.add(name, module, config.kind, config, input_module)
         elif step[0] == "norm":
             holder = _holder(step[1], lambda n=step[1]: ModuleCopies(routing, n, role="layer_norm"), created)
             touched.append(holder)
@@ -287,18 +316,20 @@ def _rollback(model, name, state, new_state, created, touched) -> None:
         del model.__dict__["adapterkit"]
 
 
-def set_active(model: nn.Module, active: str | None | Sequence[str | None]) -> nn.Module:
-    """Activate one adapter, ``None`` (the base model, exactly), or one name/None per batch row."""
+def set_active(model: nn.Module, active: str | None | Stack | Sequence[str | None]) -> nn.Module:
+    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")`` (composition.py), or
+    one name/None per batch row."""
     state = get_state(model) if active is not None else model.__dict__.get("adapterkit")
     if state is None:
         return model
-    names = [active] if active is None or isinstance(active, str) else list(active)
+    names = [active] if active is None or isinstance(active, str) else list(active.names) if isinstance(active, Stack) else list(active)
     for n in names:
         if n is not None:
             _require(model, n)
     state.routing.set(active)
     if state.base_labels is not None:
-        head = state.heads[active] if isinstance(active, str) else HeadConfig("own")
+        owner = state.routing.owner
+        head = state.heads[owner] if isinstance(owner, str) else HeadConfig("own")
         _set_label_fields(model, _head_label_fields(head, state.base_labels))
     return model
 
@@ -366,7 +397,7 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
             del model.get_submodule(path.rpartition(".")[0])._modules["adapters"]
     del state.configs[name], state.heads[name]
     active = state.routing.active
-    if active == name or (isinstance(active, tuple) and name in active):
+    if active == name or (isinstance(active, tuple) and name in active) or (isinstance(active, Stack) and name in active.names):
         set_active(model, None)
     return model
 

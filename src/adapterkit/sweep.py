@@ -21,20 +21,25 @@ PAPER_LRS = (3e-5, 3e-4, 3e-3)
 PAPER_SIZES = (8, 64, 256)
 
 
-def run_name(lr: float, size: int, epochs: int) -> str:
-    return f"lr{lr:g}-m{size}-e{epochs}"
+def run_name(lr: float, size: int | None, epochs: int) -> str:
+    return f"lr{lr:g}-e{epochs}" if size is None else f"lr{lr:g}-m{size}-e{epochs}"
 
 
 def sweep(base: TrainConfig, output: str | Path, lrs: Sequence[float], sizes: Sequence[int], epochs: Sequence[int],
           on_run: Callable[[str, dict, bool], None] | None = None) -> dict:
-    """Train every (lr, size, epochs) point of the grid on top of ``base``; returns the sweep summary."""
+    """Train every (lr, size, epochs) point of the grid on top of ``base``; returns the sweep summary.
+
+    Only the adapter method has a size to vary: every other method (full, top-k, ln, head) is trained once
+    per (lr, epochs), its runs named ``lr{lr}-e{epochs}`` and its sizes recorded as None."""
     output = Path(output)
     runs = []
+    sizes = list(sizes) if base.method == "adapter" else [None]
     for lr, size, n_epochs in itertools.product(lrs, sizes, epochs):
         name = run_name(lr, size, n_epochs)
         run_dir = output / "runs" / name
-        config = dataclasses.replace(base, output=str(run_dir), lr=lr, adapter_size=size, epochs=n_epochs,
-                                     resume=True, overwrite=True)
+        sized = {} if size is None else {"adapter_size": size}
+        config = dataclasses.replace(base, output=str(run_dir), lr=lr, epochs=n_epochs, resume=True, overwrite=True,
+                                     **sized)
         metrics = finished_run(run_dir, config)
         cached = metrics is not None
         if not cached:  # new, interrupted (resumed), or made with other settings (retrained)
@@ -48,7 +53,7 @@ def sweep(base: TrainConfig, output: str | Path, lrs: Sequence[float], sizes: Se
     higher = M.higher_is_better(metric)
     best = (max if higher else min)(runs, key=lambda r: r["best"]["main"])
     summary = {"task": base.task, "model": base.model, "method": base.method, "metric": metric,
-               "grid": {"lr": list(lrs), "adapter_size": list(sizes), "epochs": list(epochs)},
+               "grid": {"lr": list(lrs), "adapter_size": sizes, "epochs": list(epochs)},
                "runs": runs, "best": best}
     output.mkdir(parents=True, exist_ok=True)
     _atomic_write(output / "sweep.json", json.dumps(summary, indent=2) + "\n")
@@ -73,7 +78,7 @@ def markdown(summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in summary["runs"]:
         mark = " **(best)**" if r["name"] == summary["best"]["name"] else ""
-        lines.append(f"| {r['name']}{mark} | {r['lr']:g} | {r['adapter_size']} | {r['epochs']} | "
+        lines.append(f"| {r['name']}{mark} | {r['lr']:g} | {'-' if r['adapter_size'] is None else r['adapter_size']} | {r['epochs']} | "
                      f"{r['trainable_pct']:.2f} | {r['best']['epoch']} | {r['best']['main']:.4f} | {r['train_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

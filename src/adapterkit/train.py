@@ -38,7 +38,9 @@ from .checkpoint import STEPS, Checkpoint, _load_trainable, crash_point
 from .data import load_task
 from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
-from .methods import MethodConfig, count_parameters, head_parameters, prepare, save_result, trainable_state
+from .config import MAX_SIZE_FACTOR, AdapterConfig
+from .methods import (ADAPTER_OPTIONS, MethodConfig, count_parameters, head_parameters, prepare, save_result, trainable_state,
+                      with_adapter_options)
 from .models import MODELS, load_model
 from .runs import MARKER, check_partial, check_replaceable, replace_dir, share, write_marker
 
@@ -55,22 +57,18 @@ class TrainError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); nothing was written."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything one ``adapterkit train`` run depends on (recorded in metrics.json)."""
+@with_adapter_options
+@dataclass(kw_only=True)
+class TrainConfig(MethodConfig):
+    """Everything one ``adapterkit train`` run depends on (recorded in metrics.json): what trains (the
+    :class:`MethodConfig` fields: ``method``, the whole ``adapter`` AdapterConfig, ``top_layers``,
+    ``train_pooler``) and how. The adapter's fields are also taken and read under their option names of
+    0.1 (``adapter_size``, ``placement``, ``init_std``, ``adapter_layers``, ``site``,
+    ``train_embedding_norm``: methods.ADAPTER_OPTIONS); their defaults are AdapterConfig's."""
 
     output: str
     model: str = "minilm"
     task: str = "rotten_tomatoes"
-    method: str = "adapter"
-    adapter_size: int = 64
-    placement: str = "houlsby"
-    init_std: float = 1e-3
-    adapter_layers: tuple[int, ...] | None = None  # AdapterDrop-style: adapters in these layers only
-    top_layers: int = 2
-    train_pooler: bool = False  # adapter/ln/head: the head trains its own copy of a BERT-style pooler
-    train_embedding_norm: bool = False  # adapter/ln: also a copy of the embeddings' layer norm (as adapter-bert)
-    site: str = "before_dropout"  # adapter: AdapterConfig.site (after_dropout: adapter-bert's order)
     lr: float | None = None  # None: DEFAULT_LR[method]
     head_lr: float | None = None  # the task head's lr (None: the same as lr); see methods.head_parameters
     probe_epochs: int = 0  # LP-FT (Kumar et al. 2022): the first N epochs train only the head, then everything
@@ -93,19 +91,16 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         checks = [(1 <= self.epochs <= 1000, "--epochs must lie in 1..1000"),
                   (self.batch_size >= 1, "--batch-size must be at least 1"),
                   (self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be a number in (0, {MAX_LR}]"),
                   (self.head_lr is None or 0 < self.head_lr <= MAX_LR, f"--head-lr must be a number in (0, {MAX_LR}]"),
                   (0 <= self.probe_epochs < self.epochs, "--probe-epochs must lie in [0, --epochs)"),
-                  (self.site in ("after_dropout", "before_dropout"), "--site must be after_dropout or before_dropout"),
                   (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
-                  (self.adapter_size >= 1, "--adapter-size must be at least 1"),
                   (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8"),
                   (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
                   (self.doc_stride >= 0, "--doc-stride must be at least 0"),
-                  (self.top_layers >= 1, "--top-layers must be at least 1"),
-                  (0 <= self.init_std <= 10, "--init-std must be a number in [0, 10]"),
                   (self.max_train is None or self.max_train >= 1, "--max-train must be at least 1"),
                   (self.max_validation is None or self.max_validation >= 1, "--max-validation must be at least 1"),
                   # numpy seeds must be < 2**32 and each epoch re-seeds with seed * 1000 + epoch
@@ -113,20 +108,35 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if self.adapter_layers is not None:
-            self.adapter_layers = tuple(self.adapter_layers)
         self.learning_rate = self.lr if self.lr is not None else DEFAULT_LR.get(self.method, 1e-3)
 
     def recorded(self) -> dict:
+        """The settings as metrics.json records them (--resume and sweep compare them): the adapter's fields
+        under their option names of 0.1, and any other AdapterConfig field that is not at its default as
+        ``adapter_<field>`` (so runs recorded before compare equal)."""
         d = asdict(self)
         if d["model"] not in MODELS and Path(d["model"]).exists():  # a local dir: eval may run elsewhere
             d["model"] = str(Path(d["model"]).resolve())
-        for k in ("resume", "overwrite", "progress", "output"):
+        for k in ("resume", "overwrite", "progress", "output", "adapter"):
             d.pop(k)
+        d.update({keyword: getattr(self, keyword) for keyword in ADAPTER_OPTIONS})
         if d["adapter_layers"] is not None:  # as JSON reads it back (--resume compares the two)
             d["adapter_layers"] = list(d["adapter_layers"])
+        for f in fields(AdapterConfig):
+            if f.name not in ADAPTER_OPTIONS.values() and getattr(self.adapter, f.name) != f.default:
+                d[f"adapter_{f.name}"] = getattr(self.adapter, f.name)
         d["lr"] = self.learning_rate
         return d
+
+    @staticmethod
+    def recorded_defaults() -> dict:
+        """What each recorded setting was when not given (a run recorded before a setting existed ran at it)."""
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        adapter = AdapterConfig()
+        defaults.update({keyword: getattr(MethodConfig(), keyword) for keyword in ADAPTER_OPTIONS})
+        defaults.update({f"adapter_{f.name}": getattr(adapter, f.name) for f in fields(AdapterConfig)
+                         if f.name not in ADAPTER_OPTIONS.values()})
+        return defaults
 
 
 def _versions() -> dict:
@@ -195,8 +205,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         return finished
 
     # 1. Everything that can fail on bad input happens before anything is written.
-    method = MethodConfig(config.method, config.adapter_size, config.placement, config.top_layers, config.init_std,
-                          config.adapter_layers, config.train_pooler, config.train_embedding_norm, config.site)
+    method = config  # a TrainConfig is the MethodConfig of its run
     task = load_task(config.task, seed=config.seed, max_train=config.max_train,
                      max_validation=config.max_validation, **config.data)
     max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
@@ -257,7 +266,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
     if latest is not None:
         saved = latest[1]
         # A setting added after the checkpoint was written ran at its default then.
-        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        defaults = TrainConfig.recorded_defaults()
         saved_config = {**{k: defaults[k] for k in state["config"].keys() - saved["config"].keys() if k in defaults},
                         **saved["config"]}
         if saved_config != state["config"]:
@@ -368,8 +377,9 @@ def _check_model_limits(config: TrainConfig, model, max_length: int) -> int:
                              f"{limit} tokens (its position embeddings); pass --max-length {limit} or less")
         max_length = limit
     hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or getattr(c, "n_embd", None)
-    if config.method == "adapter" and isinstance(hidden, int) and config.adapter_size > 4 * hidden:
-        raise ValueError(f"--adapter-size {config.adapter_size} is above the limit of {4 * hidden} (4 x the hidden "
+    size = config.adapter.bottleneck_size(hidden) if isinstance(hidden, int) else None
+    if config.method == "adapter" and size is not None and size > MAX_SIZE_FACTOR * hidden:
+        raise ValueError(f"--adapter-size {size} is above the limit of {MAX_SIZE_FACTOR * hidden} ({MAX_SIZE_FACTOR} x the hidden "
                          f"size {hidden} of model {config.model!r}); bottleneck sizes are usually 8 to {hidden}")
     return max_length
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import adapterkit as ak
 import adapterkit.heads as akheads
+import adapterkit.kinds as akkinds
 import adapterkit.model as akmodel
 from adapterkit.checks import config_digest
 from adapterkit.config import MAX_SIZE_FACTOR
@@ -74,7 +75,7 @@ def world(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def guard(monkeypatch):
     """Whatever a load builds stays within the model's limits (no big allocation sneaks through)."""
-    real_bottleneck, real_replace = akmodel.Bottleneck, akmodel.replace_last_linear
+    real_bottleneck, real_replace = akkinds.Bottleneck, akmodel.replace_last_linear  # the bottleneck kinds build it
 
     class Bounded(real_bottleneck):
         def __init__(self, d, m, *a, **k):
@@ -85,7 +86,7 @@ def guard(monkeypatch):
         assert n <= akheads.MAX_LABELS, f"{n} labels"
         return real_replace(head, n, std)
 
-    monkeypatch.setattr(akmodel, "Bottleneck", Bounded)
+    monkeypatch.setattr(akkinds, "Bottleneck", Bounded)
     monkeypatch.setattr(akmodel, "replace_last_linear", bounded_replace)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     yield

@@ -1,0 +1,84 @@
+"""Composition blocks, with AdapterHub's names and semantics (docs: "Adapter Activation and Composition").
+
+    ak.set_active(model, ak.Stack("lang", "task"))   # at each site task's module reads lang's output (MAD-X)
+    ak.add_adapter(model, "avg", ak.Average("a", "b", weights=[0.3, 0.7]))   # a new plain adapter
+
+``Stack(a, b)``: at every site both adapters have, h -> combine_b(combine_a(h, x), x) (each with its own
+kind, ``kinds.py``); a site only one of them has applies that one. Layer norms and the head are the last
+adapter's (the task adapter of MAD-X; AdapterHub also takes the last adapter's head).
+
+``Average(a, b, weights=...)``: every tensor of the new adapter (bottlenecks, layer-norm copies, head) is
+sum_i w_i * t_i over the adapters' tensors, with the weights divided by their sum unless
+``normalize=False`` (AdapterHub's ``average_adapter(..., normalize_weights=True)``). The adapters must have
+the same shapes and the same config (``init_std`` aside); the new adapter takes the first one's config and
+head. It is an ordinary adapter afterwards: train, save, load, serve.
+
+``adapterkit.Stack`` used to name the architecture spec's layer stack, now :class:`LayerStack`: called with
+that signature (a tuple of layer norms, or keywords) it still builds one, with a DeprecationWarning, for one
+release.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from .architectures import LayerStack
+
+
+def _names(block: str, names: tuple) -> tuple[str, ...]:
+    if not names or any(not isinstance(n, str) for n in names):
+        raise ValueError(f"{block} takes adapter names, e.g. {block}('a', 'b'), got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{block}: an adapter may appear once, got {names!r}")
+    return tuple(names)
+
+
+class Stack:
+    """Adapters applied one after the other at each site: ``set_active(model, Stack("a", "b"))``."""
+
+    def __new__(cls, *names, **kwargs):
+        if kwargs or any(not isinstance(n, str) for n in names):  # the layer-stack spec of 0.1
+            warnings.warn("adapterkit.Stack(layers, attention_output, ...) is now adapterkit.LayerStack; "
+                          "adapterkit.Stack('a', 'b') stacks adapters. The old form goes in the next release.",
+                          DeprecationWarning, stacklevel=2)
+            return LayerStack(*names, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, *names: str):
+        self.names = _names("Stack", names)
+
+    @property
+    def last(self) -> str:
+        """The adapter whose layer norms and head the stack uses."""
+        return self.names[-1]
+
+    def __eq__(self, other) -> bool:
+        return type(other) is Stack and other.names == self.names
+
+    def __hash__(self) -> int:
+        return hash(("Stack", self.names))
+
+    def __repr__(self) -> str:
+        return f"Stack({', '.join(map(repr, self.names))})"
+
+
+class Average:
+    """A new adapter from the weighted parameters of others: ``add_adapter(model, "avg", Average("a", "b"))``."""
+
+    def __init__(self, *names: str, weights=None, normalize: bool = True):
+        self.names = _names("Average", names)
+        weights = [1.0] * len(names) if weights is None else list(weights)
+        if len(weights) != len(names) or any(not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w)
+                                              for w in weights):
+            raise ValueError(f"Average: give one finite weight per adapter ({len(names)}), got {weights!r}")
+        total = math.fsum(weights)
+        if normalize and total == 0:
+            raise ValueError("Average: the weights sum to 0; pass normalize=False to use them as they are")
+        self.weights = tuple(float(w) / total if normalize else float(w) for w in weights)
+
+    def __repr__(self) -> str:
+        return f"Average({', '.join(map(repr, self.names))}, weights={list(self.weights)})"
+
+
+__all__ = ["Average", "Stack"]

@@ -1,0 +1,129 @@
+"""The seam for adapter kinds: one registry entry per kind says where it sits, what it builds and how its
+branch meets the sublayer.
+
+A kind is named by ``AdapterConfig.placement`` (the saved field keeps its name). Like peft's ``LoraVariant``
+(peft/tuners/lora/variants.py: ``init`` builds a variant's weights, ``forward`` combines them with the base
+layer's result), a kind is a small object with two methods and two facts:
+
+    sublayers       which sublayers of every adapted layer get one module: ("attention", "ffn") or ("ffn",)
+    reads_input     whether its branch also reads the sublayer's input x (a forward pre-hook captures it)
+    build(config, d)              -> the module for one site of hidden size d; its state dict is what an
+                                     adapter file stores there (``shapes(config, d)`` gives its shapes
+                                     without allocating: by default ``build`` on the meta device)
+    combine(module, h, x, config) -> the sublayer's new output from its output h (..., d) and, for a kind
+                                     that reads it, its input x (else None)
+
+``model.add_adapter`` asks the registry which sites to hook and what to build, ``layers.BottleneckLayer``
+asks it how to combine. A new kind is one module (its ``nn.Module``), one :class:`AdapterKind` passed to
+:func:`register`, and one test row; nothing in the core changes (see tests/test_kinds.py).
+
+    houlsby   Houlsby et al. 2019 (arXiv 1902.00751): h + f(h) after attention and FFN
+    pfeiffer  Pfeiffer et al. 2021 (arXiv 2005.00247): h + f(h) after the FFN only
+    parallel  He et al. 2022 (arXiv 2110.04366): h + s * f(x), x the sublayer's input, for attention and FFN
+
+This module imports only torch and the bottleneck; the config asks it which names are valid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bottleneck import Bottleneck
+
+SUBLAYERS = ("attention", "ffn")
+
+
+class AdapterKind:
+    """One kind of adapter. Subclass it, set the class attributes, implement ``build`` and ``combine``."""
+
+    name: str = ""
+    sublayers: tuple[str, ...] = SUBLAYERS
+    reads_input: bool = False
+    scaled: bool = False  # whether AdapterConfig.scaling means something for it (else it must stay 1.0)
+
+    def build(self, config: Any, hidden_size: int) -> nn.Module:
+        """The module for one site (initialised as ``config`` says, on the default device, in fp32)."""
+        raise NotImplementedError
+
+    def combine(self, module: nn.Module, h: torch.Tensor, x: torch.Tensor | None, config: Any) -> torch.Tensor:
+        """The sublayer's new output from its output ``h`` (..., d) and input ``x`` (None unless reads_input)."""
+        raise NotImplementedError
+
+    def shapes(self, config: Any, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        """The state-dict shapes ``build`` gives, without allocating: by default ``build`` on the meta device.
+        (A load checks a file's header against these before anything is built.)"""
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in self.build(config, hidden_size).state_dict().items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, sublayers={self.sublayers})"
+
+
+class SerialBottleneck(AdapterKind):
+    """h -> h + up(act(down(h))) on each of ``sublayers`` (Houlsby: both; Pfeiffer: the FFN only)."""
+
+    def __init__(self, name: str, sublayers: tuple[str, ...] = SUBLAYERS):
+        self.name, self.sublayers = name, tuple(sublayers)
+
+    def build(self, config, hidden_size: int) -> nn.Module:
+        return Bottleneck(hidden_size, config.bottleneck_size(hidden_size), config.activation, config.init_std)
+
+    def shapes(self, config, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        d, m = hidden_size, config.bottleneck_size(hidden_size)
+        return {"down.weight": (m, d), "down.bias": (m,), "up.weight": (d, m), "up.bias": (d,)}
+
+    def combine(self, module, h, x, config):  # (..., d) -> (..., d)
+        return h + module(h)
+
+
+class ParallelBottleneck(SerialBottleneck):
+    """h -> h + s * up(act(down(x))), x the sublayer's input (He et al. 2022, "parallel adapter")."""
+
+    reads_input = True
+    scaled = True
+
+    def combine(self, module, h, x, config):  # x: (..., d_in) -> (..., d)
+        return h + module(x) * config.scaling
+
+
+_REGISTRY: dict[str, AdapterKind] = {}
+
+
+def register(kind: AdapterKind, replace: bool = False) -> AdapterKind:
+    """Make ``kind`` available as ``AdapterConfig(placement=kind.name)``. Returns it."""
+    if not isinstance(kind, AdapterKind):
+        raise TypeError(f"register an AdapterKind instance, got {type(kind).__name__}")
+    if not kind.name or not isinstance(kind.name, str):
+        raise ValueError("an adapter kind needs a non-empty name")
+    if not kind.sublayers or any(s not in SUBLAYERS for s in kind.sublayers):
+        raise ValueError(f"kind {kind.name!r}: sublayers must be a non-empty subset of {SUBLAYERS}, got {kind.sublayers}")
+    if kind.name in _REGISTRY and not replace:
+        raise ValueError(f"an adapter kind named {kind.name!r} is already registered; pass replace=True to replace it")
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    """Remove a kind (models that already hold adapters of it keep working; new ones cannot be added)."""
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> AdapterKind:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"no adapter kind {name!r}; registered: {', '.join(_REGISTRY)}") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+register(SerialBottleneck("houlsby"))
+register(SerialBottleneck("pfeiffer", sublayers=("ffn",)))
+register(ParallelBottleneck("parallel"))
+
+__all__ = ["AdapterKind", "ParallelBottleneck", "SerialBottleneck", "get", "names", "register", "unregister"]
