@@ -13,7 +13,8 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any
 
-PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
+PLACEMENTS = ("houlsby", "pfeiffer", "parallel", "parallel_ffn")
+PARALLEL_PLACEMENTS = ("parallel", "parallel_ffn")
 SITES = ("after_dropout", "before_dropout")
 # gelu_new = gelu_pytorch_tanh: the tanh approximation adapter-bert (and BERT's original code) uses; gelu: exact.
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "swish", "silu", "tanh", "identity")
@@ -57,8 +58,10 @@ class AdapterConfig:
     placement:         "houlsby"  -- after the attention and the FFN output projections (2 per layer);
                        "pfeiffer" -- after the FFN output projection only (1 per layer);
                        "parallel" -- He et al. 2022: adapter(sublayer input) * scaling added to the
-                                     sublayer output, for attention and FFN (2 per layer).
-    scaling:           multiplier of the adapter's output (parallel placement; 1.0 elsewhere).
+                                     sublayer output, for attention and FFN (2 per layer);
+                       "parallel_ffn" -- the same for the FFN only (1 per layer): He et al.'s best single
+                                     placement and AdapterHub's ParBnConfig.
+    scaling:           multiplier of the adapter's output (parallel placements; 1.0 elsewhere).
     site:              where a sublayer has a dropout right after its output projection, whether the adapter
                        reads that dropout's output ("after_dropout": adapter-bert's and AdapterHub's order,
                        LN(x + drop(h) + f(drop(h)))) or the projection's ("before_dropout": LN(x + drop(h + f(h))),
@@ -98,8 +101,8 @@ class AdapterConfig:
             raise AdapterConfigError(f"scaling must be a finite number, got {_r(self.scaling)}")
         if not isinstance(self.site, str) or self.site not in SITES:
             raise AdapterConfigError(f"unknown site {_r(self.site)}; choose one of {', '.join(SITES)}")
-        if self.placement != "parallel" and self.scaling != 1.0:
-            raise AdapterConfigError("scaling applies to placement='parallel' only")
+        if self.placement not in PARALLEL_PLACEMENTS and self.scaling != 1.0:
+            raise AdapterConfigError("scaling applies to placement='parallel' or 'parallel_ffn' only")
         for flag in ("train_layer_norms", "train_embedding_norm"):
             if not isinstance(getattr(self, flag), bool):
                 raise AdapterConfigError(f"{flag} must be True or False, got {_r(getattr(self, flag))}")

@@ -230,6 +230,15 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise AdapterLoadError(f"{shown} is not a readable safetensors file ({e}); re-save the adapter") from None
     del data
+    insert_tensors(model, name, config, head, tensors, shown)
+    return name
+
+
+def insert_tensors(model: nn.Module, name: str, config: AdapterConfig, head: HeadConfig,
+                   tensors: dict[str, torch.Tensor], shown: str) -> None:
+    """Insert adapter ``name`` with exactly ``tensors`` (keys as in :func:`planned_tensors`, shapes checked by
+    the caller or here) after checking that every value is finite; the model is unchanged on any error.
+    ``shown`` names the source in messages. (load_adapter's last step; format converters use it too.)"""
     for key, t in tensors.items():
         if not torch.isfinite(t).all():
             raise AdapterLoadError(f"{shown}: tensor {key} holds NaN or infinite values (a diverged training run?); "
@@ -243,7 +252,6 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
                 target.copy_(tensors[key])
 
     _insert(model, name, config, head, None, fill=fill)
-    return name
 
 
 def _check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -253,4 +261,4 @@ def _check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any]
                                "); load it into the model it was trained on, or pass check_base=False")
 
 
-__all__ = ["AdapterLoadError", "fingerprint", "load_adapter", "read_adapter_config", "save_adapter"]
+__all__ = ["AdapterLoadError", "fingerprint", "insert_tensors", "load_adapter", "read_adapter_config", "save_adapter"]

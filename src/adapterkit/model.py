@@ -19,7 +19,7 @@ from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
 from .bottleneck import Bottleneck
-from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
+from .config import MAX_SIZE_FACTOR, PARALLEL_PLACEMENTS, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
 
@@ -109,7 +109,7 @@ def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module
     after = config.site == "after_dropout"
     attention = (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input)
     ffn = (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)
-    return [ffn] if config.placement == "pfeiffer" else [attention, ffn]
+    return [ffn] if config.placement in ("pfeiffer", "parallel_ffn") else [attention, ffn]
 
 
 @dataclass
@@ -251,7 +251,7 @@ def _build(model, name, config, plan, routing, created, touched) -> None:
                 raise ValueError(f"this model's adapters read their sublayer's output at another site than site="
                                  f"{config.site!r}; give every adapter of one model the same AdapterConfig.site")
             touched.append(holder)
-            parallel = config.placement == "parallel"
+            parallel = config.placement in PARALLEL_PLACEMENTS
             holder.add(name, bottleneck, parallel_input=input_module if parallel else None, scaling=config.scaling)
         elif step[0] == "norm":
             holder = _holder(step[1], lambda n=step[1]: ModuleCopies(routing, n, role="layer_norm"), created)
