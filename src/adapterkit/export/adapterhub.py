@@ -111,6 +111,12 @@ def import_adapterhub(model: nn.Module, directory, name: str | None = None, chec
                                "save the adapter with adapters' model.save_adapter")
     raw, weights_file = found
     by_site = _parse_adapter_keys(raw, os.path.join(shown_dir, weights_file), num_layers)
+    for (layer, site, part, wb), t in by_site.items():
+        width = t.shape[-1] if part == "down" and wb == "weight" else t.shape[0] if part == "up" else hidden
+        if width != hidden:
+            raise AdapterLoadError(f"{shown_dir}: the layer-{layer} {site} adapter is {width} wide but this model's "
+                                   f"hidden size is {hidden}; load it into the model it was trained on "
+                                   f"({meta.get('model_name')!r})")
     sizes = {t.shape[0] for (_, _, part, wb), t in by_site.items() if part == "down" and wb == "weight"}
     config, notes = fmt.to_adapter_config(c, hidden, num_layers, sizes, shown)
     head, head_tensors = _read_head(real_dir, real_root, shown_dir, model_type, hidden, layout[1])
@@ -263,10 +269,11 @@ def layer_norm_differences(model: nn.Module, name: str) -> float:
     return worst
 
 
-def export_adapterhub(model: nn.Module, name: str, output, model_name: str, drop_layer_norms: bool = False
-                      ) -> Path:
+def export_adapterhub(model: nn.Module, name: str, output, model_name: str, drop_layer_norms: bool = False,
+                      hub_name: str | None = None) -> Path:
     """Write adapter ``name`` of ``model`` as a directory ``adapters`` 1.3 loads (weights and, unless the head is
-    shared, the head). ``output`` must not exist. Raises ValueError for what AdapterHub cannot represent."""
+    shared, the head), naming it ``hub_name`` (default ``name``) there and the base model ``model_name``.
+    ``output`` must not exist. Raises ValueError for what AdapterHub cannot represent."""
     state = get_state(model)
     config, head = state.configs[name], state.heads[name]
     model_type = getattr(model.config, "model_type", None)
@@ -282,11 +289,11 @@ def export_adapterhub(model: nn.Module, name: str, output, model_name: str, drop
     tensors = {}
     two_layer_head = layout == "classifier" or head.train_pooler
     for key, t in adapter_tensors(model, name).items():
-        tensors.update(_map_out(key, t, name, prefix, two_layer_head))
+        tensors.update(_map_out(key, t, hub_name or name, prefix, two_layer_head))
     bottlenecks = {k: v for k, v in tensors.items() if not k.startswith("heads.")}
     head_tensors = {k: v for k, v in tensors.items() if k.startswith("heads.")}
     common = {"hidden_size": hidden, "model_class": f"{type(model).__name__.split('For')[0]}AdapterModel",
-              "model_name": model_name, "model_type": model_type, "name": name, "version": fmt.ADAPTERS_VERSION}
+              "model_name": model_name, "model_type": model_type, "name": hub_name or name, "version": fmt.ADAPTERS_VERSION}
     files = {fmt.CONFIG_FILE: _json({"config": fmt.bn_config_out(config, hidden, num_layers), **common})}
     files.update(_weights(bottlenecks, fmt.BIN_WEIGHTS, fmt.SAFE_WEIGHTS))
     if head.kind != "shared":

@@ -5,7 +5,8 @@
 
 A tiny random BERT (tiny-bert/: 2 layers x 32, its own 99-token vocabulary) and adapters saved by adapters'
 own ``save_adapter``, with random (not near-identity) weights so that a wrong mapping shows in the logits;
-expected.safetensors holds the inputs and the logits adapters 1.3.0 computes for each good fixture.
+expected.safetensors holds the inputs and what adapters 1.3.0 computes for each good fixture (the logits; for
+the adapter saved without a head, the encoder's last hidden state).
 Bad fixtures: a .bin whose pickle names a function, SeqBnConfig's default (original_ln_before), an adapter
 of another base model (hidden size 48).
 """
@@ -20,7 +21,7 @@ import adapters
 import torch
 from adapters import BertAdapterModel, BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
 HERE = Path(__file__).resolve().parent
 WORDS = ("the a an is was it this that film movie good bad great dull long short story actor acted plot fun "
@@ -36,7 +37,7 @@ def base_dir(name, hidden=32):
     out = HERE / name
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(hidden)
-    BertForSequenceClassification(tiny_config(hidden)).save_pretrained(out)
+    BertModel(tiny_config(hidden)).save_pretrained(out)  # no task head: heads come with the adapters
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
     vocab = vocab[:99] + [f"[unused{i}]" for i in range(99 - len(vocab))]
@@ -78,6 +79,7 @@ def main():
         return m
 
     def static(config, seed):
+        torch.manual_seed(seed)  # the classifier is new: a static head saved with the adapter carries it
         m = BertForSequenceClassification.from_pretrained(tiny).eval()
         adapters.init(m)
         m.add_adapter("t", config=config)
@@ -97,7 +99,11 @@ def main():
     with torch.no_grad():
         for name, (model, kwargs) in cases.items():
             save(model, name, **kwargs)
-            expected[f"{name}.logits"] = model(input_ids=ids, attention_mask=mask).logits.contiguous()
+            if kwargs.get("with_head") is False:  # no head: compare the encoder's output
+                out = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            else:
+                out = model(input_ids=ids, attention_mask=mask).logits
+            expected[f"{name}.output"] = out.contiguous()
     save_file(expected, HERE / "expected.safetensors")
 
     # bad fixtures
