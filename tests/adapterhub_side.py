@@ -14,7 +14,7 @@ import sys
 
 import adapters
 import torch
-from adapters import BertAdapterModel, DoubleSeqBnConfig
+from adapters import AutoAdapterModel, BertAdapterModel, DoubleSeqBnConfig
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -23,7 +23,7 @@ def logits(adapter_dir, base_dir, batch_file, out_file):
     batch = load_file(batch_file)
     flex = os.path.exists(os.path.join(adapter_dir, "head_config.json"))
     if flex:
-        model = BertAdapterModel.from_pretrained(base_dir)
+        model = AutoAdapterModel.from_pretrained(base_dir)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(base_dir)
         adapters.init(model)
