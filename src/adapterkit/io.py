@@ -189,14 +189,18 @@ def read_adapter_config(directory: str | os.PathLike, root: str | os.PathLike | 
     return _read_config(directory, real_dir, real_root)
 
 
-def _read_config(directory, real_dir: str, real_root: str | None) -> dict[str, Any]:
+def read_config_json(directory, real_dir: str, real_root: str | None) -> Any:
+    """The parsed (not yet checked) adapter_config.json of a resolved directory: read once, bounded."""
     shown = os.path.join(os.fspath(directory), CONFIG_FILE)
     data = read_file(real_dir, CONFIG_FILE, real_root, MAX_CONFIG_BYTES, shown)
     try:
-        meta = parse_json(data)
+        return parse_json(data)
     except ValueError as e:  # not UTF-8, not JSON, duplicate keys, too deep, lone surrogates
         raise AdapterLoadError(f"{shown} is not valid JSON ({e}); re-save the adapter") from None
-    return check_meta(meta, shown)
+
+
+def _read_config(directory, real_dir: str, real_root: str | None) -> dict[str, Any]:
+    return check_meta(read_config_json(directory, real_dir, real_root), os.path.join(os.fspath(directory), CONFIG_FILE))
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | None = None, check_base: bool = True,
@@ -209,7 +213,13 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     what was checked is what is loaded. With ``root``, the directory and each file must resolve inside
     ``root`` (symlinks included). On any error the model is left exactly as it was. Returns the name."""
     real_dir, real_root = resolve_directory(directory, root)
-    meta = _read_config(directory, real_dir, real_root)
+    return load_checked(model, directory, real_dir, real_root, _read_config(directory, real_dir, real_root), name,
+                        check_base)
+
+
+def load_checked(model: nn.Module, directory, real_dir: str, real_root: str | None, meta: dict[str, Any],
+                 name: str | None = None, check_base: bool = True) -> str:
+    """:func:`load_adapter` once the directory is resolved and its config read and checked (``check_meta``)."""
     shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
     name = meta["name"] if name is None else name
     config = AdapterConfig.from_dict(meta["config"])

@@ -33,7 +33,7 @@ from torch import nn
 
 from .. import io as core_io
 from ..architectures import resolve
-from ..checks import MAX_CONFIG_BYTES, AdapterLoadError, parse_json, read_file, resolve_directory
+from ..checks import MAX_CONFIG_BYTES, AdapterLoadError, check_meta, parse_json, read_file, resolve_directory
 from ..heads import MAX_LABELS, HeadConfig
 from ..layers import ModuleCopies
 from ..model import _NAME, adapter_modules, adapter_tensors, get_state, planned_tensors
@@ -52,9 +52,7 @@ def read_adapterhub_config(directory, root=None) -> dict[str, Any] | None:
         meta = parse_json(read_file(real_dir, fmt.CONFIG_FILE, real_root, MAX_CONFIG_BYTES, fmt.CONFIG_FILE))
     except ValueError:  # AdapterLoadError too: let the native loader report it
         return None
-    if isinstance(meta, dict) and "adapterkit_format" not in meta and "config" in meta:
-        return meta
-    return None
+    return meta if _is_adapterhub(meta) else None
 
 
 def _tensors(real_dir: str, real_root: str | None, names: tuple[str, ...], limit: int, shown_dir: str
@@ -81,12 +79,14 @@ def _limit(elements: int) -> int:
 
 # ---- import -----------------------------------------------------------------------------------------------
 def import_adapterhub(model: nn.Module, directory, name: str | None = None, check_base: bool = True,
-                      root=None) -> tuple[str, list[str]]:
-    """Load the AdapterHub adapter in ``directory`` into ``model``: (its name, notes on options not kept)."""
+                      root=None, meta: Any = None) -> tuple[str, list[str]]:
+    """Load the AdapterHub adapter in ``directory`` into ``model``: (its name, notes on options not kept).
+    ``meta``: its adapter_config.json, when the caller has read it already."""
     shown_dir = os.fspath(directory)
     shown = os.path.join(shown_dir, fmt.CONFIG_FILE)
     real_dir, real_root = resolve_directory(directory, root)
-    meta = parse_json(read_file(real_dir, fmt.CONFIG_FILE, real_root, MAX_CONFIG_BYTES, shown))
+    if meta is None:
+        meta = core_io.read_config_json(directory, real_dir, real_root)
     if not isinstance(meta, dict):
         raise AdapterLoadError(f"{shown} is not a JSON object; is this an adapter directory?")
     c = fmt.bn_config(meta.get("config"), shown)
@@ -250,10 +250,18 @@ def _map_in(expected: dict[str, tuple[int, ...]], by_site: dict, head: dict[str,
 
 
 def load_adapter(model: nn.Module, directory, name: str | None = None, check_base: bool = True, root=None) -> str:
-    """:func:`adapterkit.io.load_adapter`, which also accepts a directory saved by AdapterHub's ``adapters``."""
-    if read_adapterhub_config(directory, root) is not None:
-        return import_adapterhub(model, directory, name, check_base, root)[0]
-    return core_io.load_adapter(model, directory, name, check_base, root)
+    """:func:`adapterkit.io.load_adapter`, which also accepts a directory saved by AdapterHub's ``adapters``.
+    The config is read once and decides which of the two it is."""
+    real_dir, real_root = resolve_directory(directory, root)
+    meta = core_io.read_config_json(directory, real_dir, real_root)
+    if _is_adapterhub(meta):
+        return import_adapterhub(model, directory, name, check_base, root, meta=meta)[0]
+    meta = check_meta(meta, os.path.join(os.fspath(directory), fmt.CONFIG_FILE))
+    return core_io.load_checked(model, directory, real_dir, real_root, meta, name, check_base)
+
+
+def _is_adapterhub(meta: Any) -> bool:
+    return isinstance(meta, dict) and "adapterkit_format" not in meta and "config" in meta
 
 
 # ---- export -----------------------------------------------------------------------------------------------
