@@ -49,7 +49,7 @@ def test_zero_init_is_bit_identical_and_default_init_is_close(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("placement,per_layer", [("houlsby", 2), ("pfeiffer", 1), ("parallel", 2)])
+@pytest.mark.parametrize("placement,per_layer", [("houlsby", 2), ("pfeiffer", 1), ("parallel", 2), ("parallel_ffn", 1)])
 def test_adapter_parameter_count_is_the_formula(arch, placement, per_layer):
     model = tiny_model(arch)
     ak.add_adapter(model, "a", ak.AdapterConfig(size=8, placement=placement))

@@ -50,6 +50,7 @@ KINDS = {
     "houlsby": (2, 4),
     "pfeiffer": (1, 4),
     "parallel": (2, 4),
+    "parallel_ffn": (1, 4),
     "toy_gated": (1, 5),
 }
 
@@ -119,7 +120,8 @@ def test_kinds_mix_on_one_model():
         ak.set_active(model, kind)
         assert torch.equal(logits(model, inputs), outputs[kind])
     ak.remove_adapter(model, "toy_gated")
-    ak.remove_adapter(model, "parallel")  # no kind reading the input remains: its hook is gone
+    for kind in ("parallel", "parallel_ffn"):  # then no kind reading the input remains: its hook is gone
+        ak.remove_adapter(model, kind)
     assert all(h._capture_handle is None for _, h in adapter_modules(model) if h.role == "adapter")
     ak.set_active(model, "houlsby")
     assert torch.equal(logits(model, inputs), outputs["houlsby"])
@@ -134,7 +136,7 @@ def test_the_registry_refuses_what_it_cannot_use():
         kinds.register(bad)
     with pytest.raises(ak.AdapterConfigError, match="unknown placement 'nope'; choose one of houlsby, .*toy_gated"):
         ak.AdapterConfig(placement="nope")
-    with pytest.raises(ak.AdapterConfigError, match="scaling applies to placement='parallel' only"):
+    with pytest.raises(ak.AdapterConfigError, match="scaling applies to placement='parallel' or 'parallel_ffn' only"):
         ak.AdapterConfig(placement="toy_gated", scaling=2.0)
 
 

@@ -14,7 +14,8 @@ from .bottleneck import Bottleneck, bottleneck_parameter_count
 from .composition import Average, Stack
 from .config import AdapterConfig, AdapterConfigError
 from .heads import HeadConfig
-from .io import AdapterLoadError, fingerprint, load_adapter, read_adapter_config, save_adapter
+from .io import AdapterLoadError, fingerprint, read_adapter_config, save_adapter
+from .export.adapterhub import load_adapter  # io.load_adapter, and directories saved by AdapterHub's adapters
 from .mixed import predict_mixed
 from .model import (
     active_adapter,

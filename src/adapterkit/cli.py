@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import methods as _methods
+from .cli_convert import register as _register_convert
 from .data.glue import glue_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -139,7 +140,7 @@ def train(
     task: Task = None,
     method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head) or head")] = "adapter",
     adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = _DEFAULT.adapter_size,
-    placement: Annotated[str, typer.Option(help="the adapter kind: houlsby, pfeiffer or parallel (adapterkit.kinds)")]
+    placement: Annotated[str, typer.Option(help="the adapter kind: houlsby, pfeiffer, parallel or parallel_ffn (adapterkit.kinds)")]
         = _DEFAULT.placement,
     init_std: Annotated[float, typer.Option(help="std of the adapters' near-identity init (0: exact identity)")]
         = _DEFAULT.init_std,
@@ -244,16 +245,35 @@ def eval_(
 @app.command()
 @cli_errors
 def predict(
-    text: Annotated[str, typer.Argument(help="input text (QA: the question; LM: the prompt)")],
+    text: Annotated[Optional[str], typer.Argument(help="input text (QA: the question; LM: the prompt)")] = None,
     pair: Annotated[Optional[str], typer.Argument(help="second text of a pair (QA: the context)")] = None,
     adapter: Annotated[str, typer.Option(help="the adapter/ folder of a training run")] = ...,
     model: Annotated[Optional[str], typer.Option(help="base model (default: the one recorded)")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate")] = 40,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    input_file: Annotated[Optional[str], typer.Option(help="score every row of a CSV/TSV/JSONL file instead of TEXT")] = None,
+    output: Annotated[Optional[str], typer.Option(help="--input-file: the JSON Lines file to write")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="--input-file: rows per batch (default: the recorded eval batch size)")] = None,
+    resume: Annotated[bool, typer.Option(help="--input-file: continue an interrupted run after its last complete line")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    text_column: TextColumn = None, text_pair_column: PairColumn = None,
 ):
-    """Predict with a trained adapter: the label and scores (or score, answer, or generated text)."""
+    """Predict with a trained adapter: the label and scores (or score, answer, or generated text); with
+    --input-file, one JSON line per row of a file (batched, resumable)."""
     from .evaluation import load_trained, predict as run
 
+    if input_file is not None or output is not None:
+        from .batch_predict import predict_file
+
+        if input_file is None or output is None or text is not None:
+            raise ValueError("give --input-file and --output together, and no TEXT argument with them")
+        done = predict_file(adapter, input_file, output, model, text_column, text_pair_column, batch_size, resume,
+                            progress=not quiet)
+        resumed = f" (resumed after row {done['resumed_at']})" if done["resumed_at"] else ""
+        typer.echo(f"wrote {done['rows']} predictions to {done['output']}{resumed}")
+        return
+    if text is None:
+        raise ValueError("give the TEXT to predict, or --input-file F --output preds.jsonl")
     result = run(load_trained(adapter, model), text, pair, max_new_tokens=max_new_tokens)
     if as_json:
         typer.echo(json.dumps(result))
@@ -383,6 +403,8 @@ def serve(ctx: typer.Context):
 
     serve_main(ctx.args)  # the server's own option parser (adapterkit.serve.server) owns the options
 
+
+_register_convert(app, cli_errors)  # `convert` (cli_convert.py)
 
 def main() -> None:  # pragma: no cover - `python -m adapterkit.cli`
     app()

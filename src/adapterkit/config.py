@@ -66,7 +66,9 @@ class AdapterConfig:
                        "houlsby"  -- after the attention and the FFN output projections (2 per layer);
                        "pfeiffer" -- after the FFN output projection only (1 per layer);
                        "parallel" -- He et al. 2022: adapter(sublayer input) * scaling added to the
-                                     sublayer output, for attention and FFN (2 per layer).
+                                     sublayer output, for attention and FFN (2 per layer);
+                       "parallel_ffn" -- the same for the FFN only (1 per layer): He et al.'s best single
+                                     placement and AdapterHub's ParBnConfig.
     scaling:           multiplier of the adapter's output (kinds with ``scaled``: parallel; 1.0 elsewhere).
     site:              where a sublayer has a dropout right after its output projection, whether the adapter
                        reads that dropout's output ("after_dropout": adapter-bert's and AdapterHub's order,

@@ -189,14 +189,18 @@ def read_adapter_config(directory: str | os.PathLike, root: str | os.PathLike | 
     return _read_config(directory, real_dir, real_root)
 
 
-def _read_config(directory, real_dir: str, real_root: str | None) -> dict[str, Any]:
+def read_config_json(directory, real_dir: str, real_root: str | None) -> Any:
+    """The parsed (not yet checked) adapter_config.json of a resolved directory: read once, bounded."""
     shown = os.path.join(os.fspath(directory), CONFIG_FILE)
     data = read_file(real_dir, CONFIG_FILE, real_root, MAX_CONFIG_BYTES, shown)
     try:
-        meta = parse_json(data)
+        return parse_json(data)
     except ValueError as e:  # not UTF-8, not JSON, duplicate keys, too deep, lone surrogates
         raise AdapterLoadError(f"{shown} is not valid JSON ({e}); re-save the adapter") from None
-    return check_meta(meta, shown)
+
+
+def _read_config(directory, real_dir: str, real_root: str | None) -> dict[str, Any]:
+    return check_meta(read_config_json(directory, real_dir, real_root), os.path.join(os.fspath(directory), CONFIG_FILE))
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | None = None, check_base: bool = True,
@@ -209,7 +213,13 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     what was checked is what is loaded. With ``root``, the directory and each file must resolve inside
     ``root`` (symlinks included). On any error the model is left exactly as it was. Returns the name."""
     real_dir, real_root = resolve_directory(directory, root)
-    meta = _read_config(directory, real_dir, real_root)
+    return load_checked(model, directory, real_dir, real_root, _read_config(directory, real_dir, real_root), name,
+                        check_base)
+
+
+def load_checked(model: nn.Module, directory, real_dir: str, real_root: str | None, meta: dict[str, Any],
+                 name: str | None = None, check_base: bool = True) -> str:
+    """:func:`load_adapter` once the directory is resolved and its config read and checked (``check_meta``)."""
     shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
     name = meta["name"] if name is None else name
     config = AdapterConfig.from_dict(meta["config"])
@@ -230,6 +240,15 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise AdapterLoadError(f"{shown} is not a readable safetensors file ({e}); re-save the adapter") from None
     del data
+    insert_tensors(model, name, config, head, tensors, shown)
+    return name
+
+
+def insert_tensors(model: nn.Module, name: str, config: AdapterConfig, head: HeadConfig,
+                   tensors: dict[str, torch.Tensor], shown: str) -> None:
+    """Insert adapter ``name`` with exactly ``tensors`` (keys as in :func:`planned_tensors`, shapes checked by
+    the caller or here) after checking that every value is finite; the model is unchanged on any error.
+    ``shown`` names the source in messages. (load_adapter's last step; format converters use it too.)"""
     for key, t in tensors.items():
         if not torch.isfinite(t).all():
             raise AdapterLoadError(f"{shown}: tensor {key} holds NaN or infinite values (a diverged training run?); "
@@ -243,7 +262,6 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
                 target.copy_(tensors[key])
 
     _insert(model, name, config, head, None, fill=fill)
-    return name
 
 
 def _check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -253,4 +271,4 @@ def _check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any]
                                "); load it into the model it was trained on, or pass check_base=False")
 
 
-__all__ = ["AdapterLoadError", "fingerprint", "load_adapter", "read_adapter_config", "save_adapter"]
+__all__ = ["AdapterLoadError", "fingerprint", "insert_tensors", "load_adapter", "read_adapter_config", "save_adapter"]

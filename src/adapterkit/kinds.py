@@ -20,6 +20,7 @@ asks it how to combine. A new kind is one module (its ``nn.Module``), one :class
     houlsby   Houlsby et al. 2019 (arXiv 1902.00751): h + f(h) after attention and FFN
     pfeiffer  Pfeiffer et al. 2021 (arXiv 2005.00247): h + f(h) after the FFN only
     parallel  He et al. 2022 (arXiv 2110.04366): h + s * f(x), x the sublayer's input, for attention and FFN
+    parallel_ffn  the same on the FFN only (AdapterHub's ParBnConfig)
 
 This module imports only torch and the bottleneck; the config asks it which names are valid.
 """
@@ -125,5 +126,6 @@ def names() -> tuple[str, ...]:
 register(SerialBottleneck("houlsby"))
 register(SerialBottleneck("pfeiffer", sublayers=("ffn",)))
 register(ParallelBottleneck("parallel"))
+register(ParallelBottleneck("parallel_ffn", sublayers=("ffn",)))  # He et al.'s best single placement; AdapterHub's par_bn
 
 __all__ = ["AdapterKind", "ParallelBottleneck", "SerialBottleneck", "get", "names", "register", "unregister"]

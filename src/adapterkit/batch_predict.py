@@ -1,0 +1,162 @@
+"""``adapterkit predict --input-file``: score a CSV / TSV / JSONL file with a trained adapter, to JSON Lines.
+
+    adapterkit predict --adapter runs/rt/adapter --input-file reviews.csv --output preds.jsonl
+
+One line per input row, in input order: ``{"index": i, "label": ..., "scores": {label: probability}}``
+(classification) or ``{"index": i, "score": x}`` (regression). Columns follow ``train``'s rules
+(``data/files.py``: ``--text-column`` / ``--text-pair-column``, else the first known layout); a label column,
+if present, is ignored.
+
+How it runs: rows are taken in chunks of ``CHUNK_ROWS`` in input order; within a chunk they are tokenised as
+``eval`` tokenises (the adapter's recorded max length), sorted by length, and batched (the recorded eval
+batch size by default), so a file of up to one chunk is batched exactly as ``eval`` batches its validation
+set and gives the same logits bit for bit. Each finished chunk is appended to ``.OUTPUT.partial`` and
+flushed to disk; at the end that file is renamed to OUTPUT (atomic). ``--resume`` continues an interrupted
+run after its last complete line; chunk boundaries are fixed, so a resumed file equals an uninterrupted one.
+Everything is checked (adapter, file, columns) before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .data.base import DataError
+from .data.files import read_records, resolve_columns
+from .features import collate, model_inputs, tokenize
+
+CHUNK_ROWS = 8192
+
+
+def _partial_paths(output: Path) -> tuple[Path, Path]:
+    return output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.partial.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rows(input_file: str, text_column, text_pair_column) -> list[tuple[str, str | None]]:
+    records = read_records(input_file, "--input-file")
+    text_col, pair_col, _ = resolve_columns(records[0].keys(), text_column, text_pair_column, None,
+                                            where=str(input_file), need_label=False)
+    rows = []
+    for i, r in enumerate(records):
+        missing = [c for c in (text_col, pair_col) if c is not None and c not in r]
+        if missing:
+            raise DataError(f"{input_file} (row {i}): no column {missing[0]!r} (columns: {', '.join(map(str, r))})")
+        text = "" if r[text_col] is None else str(r[text_col])
+        rows.append((text, None if pair_col is None else ("" if r[pair_col] is None else str(r[pair_col]))))
+    return rows
+
+
+def _resume_point(partial: Path, state: Path, expected: dict, rows: int) -> int:
+    """How many complete lines the interrupted run wrote (the file is cut back to them), after checking that
+    it was the same job."""
+    try:
+        saved = json.loads(state.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if saved != expected:
+        raise DataError(f"{partial} was written for another input file or adapter; delete it (and {state.name}) "
+                        "to start over")
+    data = partial.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    lines = keep.splitlines()
+    for i, line in enumerate(lines):
+        try:
+            ok = json.loads(line).get("index") == i
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise DataError(f"{partial}: line {i + 1} is not prediction {i}; delete it and {state.name} to start over")
+    if len(lines) > rows:
+        raise DataError(f"{partial} has more lines than the input has rows; delete it and {state.name} to start over")
+    if len(keep) != len(data):
+        with open(partial, "r+b") as f:
+            f.truncate(len(keep))
+    return len(lines)
+
+
+@torch.no_grad()
+def _chunk_lines(trained, rows, start: int, batch_size: int, max_length: int, kind: str, names) -> list[str]:
+    examples = [{"text": t, "text_pair": p, "label": 0} for t, p in rows]
+    features = tokenize(examples, kind, trained.tokenizer, max_length)
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # as evaluate() orders
+    lines = [""] * len(features)
+    for k in range(0, len(order), batch_size):
+        chunk = [features[i] for i in order[k: k + batch_size]]
+        logits = trained.model(**model_inputs(collate(chunk, kind, trained.tokenizer.pad_token_id))).logits.float()
+        for j, i in enumerate(order[k: k + batch_size]):
+            if kind == "regression":
+                result = {"index": start + i, "score": float(logits[j].squeeze(-1))}
+            else:
+                probs = torch.softmax(logits[j], -1).tolist()
+                result = {"index": start + i, "label": names[int(logits[j].argmax(-1))],
+                          "scores": dict(zip(names, probs))}
+            lines[i] = json.dumps(result) + "\n"
+    return lines
+
+
+def predict_file(adapter: str, input_file: str, output: str, model: str | None = None, text_column=None,
+                 text_pair_column=None, batch_size: int | None = None, resume: bool = False,
+                 progress: bool = True) -> dict:
+    """Write the predictions for every row of ``input_file`` to ``output`` (see the module doc); returns
+    {"rows", "resumed_at", "output"}."""
+    from tqdm.auto import tqdm
+
+    from .evaluation import load_trained
+    from .methods import read_result_meta
+
+    out = Path(output)
+    partial, state = _partial_paths(out)
+    if os.path.lexists(out):
+        raise FileExistsError(f"--output {output} already exists; pick a new path (predictions never replace a file)")
+    if partial.exists() and not resume:
+        raise FileExistsError(f"{partial} holds an interrupted run's predictions; pass --resume to continue it, "
+                              "or delete it to start over")
+    if batch_size is not None and not 1 <= batch_size <= 1 << 16:
+        raise ValueError(f"--batch-size must be between 1 and 65536, got {batch_size}")
+    _, meta = read_result_meta(adapter)
+    kind = meta.get("kind") or "classification"
+    if kind not in ("classification", "regression"):
+        raise ValueError(f"predict --input-file scores classification and regression adapters; this one is {kind} "
+                         "(use predict TEXT [PAIR] for it)")
+    rows = _rows(input_file, text_column, text_pair_column)  # bad input fails here, before anything is written
+    trained = load_trained(adapter, model)
+    names = meta.get("label_names") or [str(trained.model.config.id2label[i]) for i in range(trained.model.config.num_labels)]
+    max_length = meta.get("max_length") or 128
+    batch_size = batch_size or meta.get("eval_batch_size") or 64
+    job = {"input_sha256": _sha256(Path(input_file)), "adapter": os.path.realpath(adapter), "rows": len(rows),
+           "model": model, "max_length": max_length, "batch_size": batch_size}
+    done = _resume_point(partial, state, job, len(rows)) if resume and partial.exists() else 0
+    if not partial.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps(job) + "\n")
+        partial.touch()
+    bar = tqdm(total=len(rows), initial=done, unit="row", desc="predict", disable=not progress, file=sys.stderr,
+               mininterval=1.0)
+    with open(partial, "a", encoding="utf-8") as f:
+        for start in range(done - done % CHUNK_ROWS, len(rows), CHUNK_ROWS):
+            lines = _chunk_lines(trained, rows[start: start + CHUNK_ROWS], start, batch_size, max_length, kind, names)
+            skip = max(0, done - start)  # a resumed chunk is recomputed whole; its written rows are kept
+            f.writelines(lines[skip:])
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(lines) - skip)
+    bar.close()
+    os.replace(partial, out)
+    state.unlink(missing_ok=True)
+    return {"rows": len(rows), "resumed_at": done, "output": str(out)}
+
+
+__all__ = ["CHUNK_ROWS", "predict_file"]

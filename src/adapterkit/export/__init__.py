@@ -1,0 +1,1 @@
+"""Exchange formats outside the core: adapters in and out of other libraries' file layouts."""
