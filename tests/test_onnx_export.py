@@ -62,7 +62,7 @@ def holders(model, kind):
 PLACEMENTS = {  # placement -> (AdapterConfig fields, head, task kind)
     "houlsby": (dict(), 3, "classification"),
     "pfeiffer": (dict(train_embedding_norm=True), "regression", "regression"),
-    "parallel": (dict(scaling=2.0), 2, "classification"),
+    "parallel": (dict(scaling=2.0, site="after_dropout"), 2, "classification"),
 }
 
 
@@ -191,6 +191,23 @@ def _tiny_qa():
     torch.manual_seed(0)
     config = AutoConfig.for_model("bert", **{**TINY["bert"][0], "vocab_size": 30522})
     return transformers.AutoModelForQuestionAnswering.from_config(config).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert", "electra", "deberta-v2", "mpnet", "xlm-roberta",
+                                        "gpt2", "llama"])
+def test_other_presets_export_with_parity(model_type, tmp_path, minilm_dir):
+    """The other text presets (tiny random models, MiniLM's tokenizer for ids): about 20-80 s each on 2 cores."""
+    model = tiny_model(model_type, vocab_size=30522)
+    ak.add_adapter(model, "t", ak.AdapterConfig(size=4), head=2)
+    randomise(model, "t")
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    out = export_model_onnx(model, tok, tmp_path / "onnx", "t")
+    batch = dict(tok(["hello there my friend, how are you", "x", "a b c"], padding=True, return_tensors="pt"))
+    meta = json.loads((out / ONNX_META_FILE).read_text())
+    batch = {k: v for k, v in batch.items() if k in meta["inputs"]}
+    ak.set_active(model, "t")
+    assert np.abs(run_onnx(out / MODEL_FILE, batch)[0] - torch_outputs(model, batch)).max() <= TOL
 
 
 def test_refuses_a_directory_it_did_not_write_and_replaces_its_own(reuse_trace, tmp_path):

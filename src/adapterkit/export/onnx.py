@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -90,10 +91,12 @@ class _Outputs(nn.Module):
         return tuple(out[n] for n in self.output_names)
 
 
-def _input_names(tokenizer) -> tuple[str, ...]:
+def _input_names(model: nn.Module, tokenizer) -> tuple[str, ...]:
+    """input_ids and attention_mask, and token_type_ids where the tokenizer gives them and the model takes them
+    (DistilBERT's tokenizer gives them, its forward has no such argument)."""
     produced = set(tokenizer(_TRACE_TEXTS[0]).keys())
     names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in produced:
+    if "token_type_ids" in produced and "token_type_ids" in inspect.signature(model.forward).parameters:
         names.append("token_type_ids")
     missing = [n for n in ("input_ids", "attention_mask") if n not in produced]
     if missing:
@@ -189,15 +192,16 @@ def _check_dynamic_axes(proto, input_names) -> None:
                                       "cannot be exported with dynamic batch and sequence axes")
 
 
-def run_onnx(path: str | os.PathLike, inputs: dict[str, torch.Tensor | np.ndarray], threads: int | None = None) -> list[np.ndarray]:
+def run_onnx(path: str | os.PathLike, inputs: dict[str, torch.Tensor | np.ndarray],
+             threads: int | None = None) -> list[np.ndarray]:
     """Run an exported graph with ONNX Runtime on the CPU: the outputs in the graph's order."""
     ort = require_onnx()["onnxruntime"]
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {i.name: np.asarray(inputs[i.name].cpu() if torch.is_tensor(inputs[i.name]) else inputs[i.name], dtype=np.int64)
-            for i in session.get_inputs()}
+    as_numpy = {k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in inputs.items()}
+    feed = {i.name: np.asarray(as_numpy[i.name], dtype=np.int64) for i in session.get_inputs()}
     return session.run(None, feed)
 
 
@@ -218,7 +222,8 @@ def export_model_onnx(model: nn.Module, tokenizer, output: str | os.PathLike, ad
                       kind: str = "classification", label_names: list[str] | None = None, max_length: int = 128,
                       quantize: str | None = None, info: dict | None = None) -> Path:
     """Export ``model`` with adapter ``adapter`` active for every row (None: no adapter, the model as it is,
-    e.g. a fully fine-tuned one) to the directory ``output``, written atomically (a temporary sibling renamed into place).
+    e.g. a fully fine-tuned one) to the directory ``output``, written atomically (a temporary sibling renamed
+    into place).
 
     ``kind``: classification / regression (output ``logits``: (B, labels)) or qa (``start_logits``,
     ``end_logits``: (B, T)). Inputs: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the
@@ -242,7 +247,7 @@ def export_model_onnx(model: nn.Module, tokenizer, output: str | os.PathLike, ad
     output = Path(output)
     _check_target(output)
     output_names = ("start_logits", "end_logits") if kind == "qa" else ("logits",)
-    input_names = _input_names(tokenizer)
+    input_names = _input_names(model, tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -302,8 +307,8 @@ def _meta(model, adapter, kind, label_names, max_length, input_names, output_nam
     described = None
     if adapter is not None:
         state = get_state(model)
-        described = {"name": adapter, "config": state.configs[adapter].to_dict(), "head": state.heads[adapter].to_dict(),
-                     "tensors_sha256": adapter_digest(model, adapter)}
+        described = {"name": adapter, "config": state.configs[adapter].to_dict(),
+                     "head": state.heads[adapter].to_dict(), "tensors_sha256": adapter_digest(model, adapter)}
     return {
         "adapterkit_onnx_format": FORMAT_VERSION,
         "model_file": MODEL_FILE,
