@@ -132,3 +132,16 @@ def test_worker_round_trip(tiny_bert_dir, tmp_path):
     assert out[6]["saved_bytes"] > 0 and "GeluBackward0.self" in out[6]["saved_by_node"]
     # the frozen-backbone floor trains the layers' norms (2 per layer, weight + bias) and the classifier only
     assert out[7]["params_trainable"] == 2 * 2 * 2 * 32 + (32 * 2 + 2)
+
+
+def test_onnx_runtime_section_renders_the_committed_results_into_the_doc():
+    """docs/benchmarks.md carries the ONNX Runtime tables exactly as report.py renders benchmarks/results/."""
+    res = json.loads((BENCH / "results" / "onnx_runtime.json").read_text())
+    section = report.render_onnx(res)
+    assert [(g["batch"], g["seq"]) for g in res["groups"]] == [(1, 16), (8, 64), (32, 128)]
+    for g in res["groups"]:
+        assert set(g["rows"]) == {"pytorch", "onnxruntime", "ort int8"}
+        assert f"**batch {g['batch']} × {g['seq']} tokens**" in section
+        assert f"| ONNX Runtime fp32 | {g['rows']['onnxruntime']['median_ms']:.1f} |" in section
+    assert res["accuracy"]["onnxruntime"]["predictions_differing_from_pytorch"] == 0
+    assert section in (BENCH.parent / "docs" / "benchmarks.md").read_text()

@@ -294,6 +294,27 @@ def info(adapter: Annotated[str, typer.Argument(help="the adapter/ folder of a t
     typer.echo(describe(adapter))
 
 
+@app.command()
+@cli_errors
+def export(
+    adapter: Annotated[str, typer.Option(help="the adapter/ folder of a training run (or any adapter dir)")],
+    output: Annotated[str, typer.Option(help="directory to write (new, empty, or an earlier export)")],
+    to: Annotated[str, typer.Option("--format", help="onnx: one graph, the tokenizer and labels JSON beside it")] = "onnx",
+    model: Annotated[Optional[str], typer.Option(help="base model (default: the one recorded)")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: also write ONNX Runtime's dynamic int8 model")] = None,
+):
+    """Export an adapter with its base model: one ONNX graph, checked against PyTorch with ONNX Runtime."""
+    if to != "onnx":
+        raise ValueError(f"unknown --format {to!r}; choose onnx")
+    from .export import export_onnx
+
+    out = export_onnx(adapter, output, model=model, quantize=quantize)
+    meta = json.loads((out / "adapterkit_onnx.json").read_text())
+    typer.echo(f"wrote {out}/: {', '.join(meta['files'])}")
+    typer.echo(f"ONNX Runtime vs PyTorch: max abs difference {meta['parity']['max_abs_diff']:.2g} "
+               f"on a padded batch of {meta['parity']['batch_shape'][0]}")
+
+
 # ---- sweep / demo ---------------------------------------------------------------------------------------
 def _floats(text: str) -> list[float]:
     try:

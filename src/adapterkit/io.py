@@ -107,23 +107,29 @@ def save_adapter(model: nn.Module, name: str, directory: str | os.PathLike, extr
         _write(tmp / CONFIG_FILE, text)
         _fsync(tmp)
         _check_target(directory)  # again: nothing may have appeared there meanwhile
-        old = None
-        if os.path.lexists(directory):
-            old = directory.with_name(f".{directory.name}.old-{secrets.token_hex(6)}")
-            os.replace(directory, old)
-        try:
-            os.replace(tmp, directory)
-        except BaseException:
-            if old is not None:
-                os.replace(old, directory)
-            raise
-        _fsync(directory.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def replace_directory(tmp: Path, directory: Path) -> None:
+    """Move the finished directory ``tmp`` to ``directory`` in one rename; what was there (checked by the
+    caller as its own) is set aside first and removed after, or put back if the rename fails."""
+    old = None
+    if os.path.lexists(directory):
+        old = directory.with_name(f".{directory.name}.old-{secrets.token_hex(6)}")
+        os.replace(directory, old)
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        if old is not None:
+            os.replace(old, directory)
+        raise
+    _fsync(directory.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_target(directory: Path) -> None:
