@@ -3,9 +3,15 @@
     ak.set_active(model, ak.Stack("lang", "task"))   # at each site task's module reads lang's output (MAD-X)
     ak.add_adapter(model, "avg", ak.Average("a", "b", weights=[0.3, 0.7]))   # a new plain adapter
 
-``Stack(a, b)``: at every site both adapters have, h -> combine_b(combine_a(h, x), x) (each with its own
-kind, ``kinds.py``); a site only one of them has applies that one. Layer norms and the head are the last
-adapter's (the task adapter of MAD-X; AdapterHub also takes the last adapter's head).
+``Stack(a, b)``: at every site both adapters have, h -> combine_b(combine_a(h)), i.e. for serial kinds
+h -> h1 + f_b(h1) with h1 = h + f_a(h) (``kinds.py``); a site only one of them has applies that one. Layer
+norms and the head are the last adapter's (the task adapter of MAD-X; AdapterHub also takes the last
+adapter's head). This is AdapterHub's ``compose_stack`` (adapters 1.3, methods/bottleneck.py: each adapter's
+``pre_forward`` takes the previous output as its input and residual, ``post_forward`` of the last adds the
+sublayer's residual under the model's layer norm); measured on MiniLM with the same weights, the last
+hidden state is the same to 0.0 (tests/test_stack_parity.py). A stack in which a parallel adapter shares a
+site with another adapter of the stack is refused by ``set_active``: AdapterHub keeps only the last branch
+there (``model._check_stack``).
 
 ``Average(a, b, weights=...)``: every tensor of the new adapter (bottlenecks, layer-norm copies, head) is
 sum_i w_i * t_i over the adapters' tensors, with the weights divided by their sum unless

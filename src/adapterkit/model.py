@@ -326,12 +326,37 @@ def set_active(model: nn.Module, active: str | None | Stack | Sequence[str | Non
     for n in names:
         if n is not None:
             _require(model, n)
+    if isinstance(active, Stack):
+        _check_stack(model, active)
     state.routing.set(active)
     if state.base_labels is not None:
         owner = state.routing.owner
         head = state.heads[owner] if isinstance(owner, str) else HeadConfig("own")
         _set_label_fields(model, _head_label_fields(head, state.base_labels))
     return model
+
+
+def _check_stack(model: nn.Module, stack: Stack) -> None:
+    """Refuse a stack in which an adapter whose branch reads the sublayer's input (a parallel kind) shares a
+    site with another adapter of the stack. AdapterHub's Stack (adapters 1.3, ``BottleneckLayer.compose_stack``)
+    gives every parallel adapter the sublayer's input again, not the previous adapter's output, and its
+    ``post_forward`` adds only the last adapter's result: Stack(a, b) of two parallel adapters computes b alone
+    (on MiniLM: to 0.0, tests/test_stack_parity.py), and on stacks of a Houlsby and a parallel adapter the
+    former b-reads-a's-output formula was 1.7 and 4.7 (max abs, last hidden state) away from it. Matching that would silently drop adapters; computing anything else
+    would not be AdapterHub's Stack. A site with one adapter of the stack is that adapter alone, in both."""
+    for path, holder in adapter_modules(model):
+        if not isinstance(holder, BottleneckLayer):
+            continue
+        here = [n for n in stack.names if n in holder.adapters]
+        readers = [n for n in here if holder.kinds[n][0].reads_input]
+        if len(here) > 1 and readers:
+            reader, others = readers[0], [n for n in here if n != readers[0]]
+            raise ValueError(
+                f"{stack!r}: {reader!r} is a {holder.kinds[reader][0].name} adapter and shares the site "
+                f"{path.removesuffix('.adapters')} with {others}; AdapterHub's Stack keeps only the last "
+                "adapter's branch where a parallel adapter is stacked, so adapterkit does not stack them. Stack "
+                "serial adapters (houlsby, pfeiffer), or give the parallel adapter layers the others do not have"
+            )
 
 
 def active_adapter(model: nn.Module) -> str | None | tuple[str | None, ...]:
