@@ -90,6 +90,7 @@ BAD = {  # name -> (make the --onnx argument from (tmp_path, adapter dir), other
     "newer format": (lambda t, a: _fake_export(t / "x", adapterkit_onnx_format=2), [], "format 2"),
     "no graph": (lambda t, a: _fake_export(t / "x", model_file="gone.onnx"), [], "no graph file 'gone.onnx'"),
     "escaping graph": (lambda t, a: _fake_export(t / "x", model_file="../model.onnx"), [], "no graph file"),
+    "corrupt graph": (lambda t, a: _fake_export(t / "x"), [], "ONNX Runtime cannot load"),
     "qa export": (lambda t, a: _fake_export(t / "x", kind="qa"), [], "classification and regression"),
     "with --adapter": (lambda t, a: t / "nope", ["--adapter", "ADAPTER"], "exactly one of --adapter"),
     "with --model": (lambda t, a: t / "nope", ["--model", "minilm"], "--model does not apply to --onnx"),

@@ -143,9 +143,15 @@ class _OnnxModel:
     def load(self) -> None:
         from transformers import AutoTokenizer
 
-        from .export.onnx import cpu_session
+        from .export.onnx import OnnxExportError, cpu_session
 
-        self.session = cpu_session(Path(self.directory) / self.meta["model_file"], purpose="predict --onnx")
+        graph = Path(self.directory) / self.meta["model_file"]
+        try:
+            self.session = cpu_session(graph, purpose="predict --onnx")
+        except OnnxExportError:
+            raise
+        except Exception as e:  # onnxruntime's own error classes derive from Exception only
+            raise OnnxExportError(f"ONNX Runtime cannot load {graph} ({' '.join(str(e).split())}); export again") from None
         self.tokenizer = AutoTokenizer.from_pretrained(self.directory)
         width = self.session.get_outputs()[0].shape[-1]
         self.names = self.meta["label_names"] or [str(i) for i in range(width if isinstance(width, int) else 0)]
