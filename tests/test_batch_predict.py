@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -48,6 +49,22 @@ def _sentences(n: int, seed: int = 0) -> list[str]:
                                                      generator=g)) for _ in range(n)]
 
 
+@contextlib.contextmanager
+def interrupted_at_chunk(n: int):
+    """predict_file is interrupted (KeyboardInterrupt) when it starts its ``n``-th chunk; the block must raise."""
+    real, calls = batch_predict._chunk_lines, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(batch_predict, "_chunk_lines", interrupted)
+        yield
+
+
 def test_predictions_stream_in_input_order_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_adapter, monkeypatch):
     monkeypatch.setattr(batch_predict, "CHUNK_ROWS", 7)
     data = _write_csv(tmp_path / "in.csv", [{"text": t, "label": "a"} for t in _sentences(30)])
@@ -59,22 +76,12 @@ def test_predictions_stream_in_input_order_and_a_resumed_run_equals_an_uninterru
     assert set(first) == {"index", "label", "scores"} and set(first["scores"]) == {"a", "b", "c"}
     assert abs(sum(first["scores"].values()) - 1) < 1e-6 and first["label"] == max(first["scores"], key=first["scores"].get)
     # interrupt after two chunks, tear the last line, then resume
-    real, calls = batch_predict._chunk_lines, []
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(batch_predict, "_chunk_lines", interrupted)
     out = tmp_path / "preds.jsonl"
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_chunk(3):
         batch_predict.predict_file(str(tiny_adapter), str(data), str(out), progress=False)
     partial = tmp_path / ".preds.jsonl.partial"
     assert not out.exists() and len(partial.read_text().splitlines()) == 14
     partial.write_bytes(partial.read_bytes()[:-9])  # a torn last line: row 13 must be written again
-    monkeypatch.setattr(batch_predict, "_chunk_lines", real)
     r = _cli("predict", "--adapter", tiny_adapter, "--input-file", data, "--output", out, "--quiet")
     assert r.exit_code == 1 and "--resume" in r.output  # an interrupted run is never silently restarted
     r = _cli("predict", "--adapter", tiny_adapter, "--input-file", data, "--output", out, "--resume", "--quiet")
@@ -129,24 +136,32 @@ def test_an_existing_output_is_never_replaced(tmp_path, tiny_adapter):
     assert (tmp_path / "preds.jsonl").read_text() == "mine\n"
 
 
-def test_eval_score_is_reproduced_from_the_written_predictions_on_a_real_validation_file(tmp_path, minilm_dir):
-    """rotten_tomatoes (real review snippets): eval's accuracy and the accuracy of predict --input-file's
-    predictions are the same number, because the predictions are the same (same batches, same logits)."""
+def rotten_run(tmp_path: Path, minilm_dir: str, validation_rows: int):
+    """A MiniLM adapter saved as a run on local rotten_tomatoes files (real review snippets), with a head that
+    separates the classes somewhat (so that a score is not trivial): (adapter dir, validation CSV, gold label
+    ids, label names)."""
     from adapterkit.data import load_task
 
     task = load_task("rotten_tomatoes")
     names = ["fresh", "rotten"]
     rows = lambda examples: [{"text": e["text"], "label": names[e["label"]]} for e in examples]
     train = _write_csv(tmp_path / "train.csv", rows(task.train[:40]))
-    validation = _write_csv(tmp_path / "validation.csv", rows(task.validation[:128]))
+    validation = _write_csv(tmp_path / "validation.csv", rows(task.validation[:validation_rows]))
     torch.manual_seed(0)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_dir)
     ak.add_adapter(model, "task", ak.AdapterConfig(size=16, init_std=0.05), head=ak.HeadConfig("classification", 2, tuple(names)))
-    with torch.no_grad():  # a head that separates the classes somewhat, so that the score is not trivial
+    with torch.no_grad():
         model.classifier.adapters.adapters["task"].weight.normal_(0, 1.0)
     adapter = ak.save_adapter(model, "task", tmp_path / "adapter", extra={
         "model": "minilm", "task": "local", "kind": "classification", "metric": "accuracy", "label_names": names,
         "max_length": 64, "eval_batch_size": 32, "data": {"train_file": str(train), "validation_file": str(validation)}})
+    return adapter, validation, [e["label"] for e in task.validation[:validation_rows]], names
+
+
+def test_eval_score_is_reproduced_from_the_written_predictions_on_a_real_validation_file(tmp_path, minilm_dir):
+    """rotten_tomatoes (real review snippets): eval's accuracy and the accuracy of predict --input-file's
+    predictions are the same number, because the predictions are the same (same batches, same logits)."""
+    adapter, validation, gold, names = rotten_run(tmp_path, minilm_dir, 128)
     r = _cli("eval", "--adapter", adapter, "--json")
     assert r.exit_code == 0, r.output
     scores = json.loads(r.output.strip().splitlines()[-1])
@@ -154,6 +169,5 @@ def test_eval_score_is_reproduced_from_the_written_predictions_on_a_real_validat
     assert r.exit_code == 0, r.output
     preds = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
     predicted = [names.index(p["label"]) for p in preds]
-    gold = [names.index(r["label"]) for r in rows(task.validation[:128])]
     assert compute_metrics("accuracy", predicted, gold)["accuracy"] == scores["accuracy"]
     assert 0.0 < scores["accuracy"] < 1.0

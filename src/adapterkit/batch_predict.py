@@ -1,6 +1,11 @@
 """``adapterkit predict --input-file``: score a CSV / TSV / JSONL file with a trained adapter, to JSON Lines.
 
     adapterkit predict --adapter runs/rt/adapter --input-file reviews.csv --output preds.jsonl
+    adapterkit predict --onnx exports/rt --input-file reviews.csv --output preds.jsonl   # ONNX Runtime
+
+The model call is the only thing the two differ in (``_TorchModel``, ``_OnnxModel``): with ``--onnx`` the
+graph ``adapterkit export --format onnx`` wrote runs with ONNX Runtime on the CPU, its tokenizer, labels, max
+length (and the run's eval batch size, for exports that recorded it) read from ``adapterkit_onnx.json``.
 
 One line per input row, in input order: ``{"index": i, "label": ..., "scores": {label: probability}}``
 (classification) or ``{"index": i, "score": x}`` (regression). Columns follow ``train``'s rules
@@ -67,7 +72,7 @@ def _resume_point(partial: Path, state: Path, expected: dict, rows: int) -> int:
     except (OSError, ValueError):
         saved = None
     if saved != expected:
-        raise DataError(f"{partial} was written for another input file or adapter; delete it (and {state.name}) "
+        raise DataError(f"{partial} was written for another input file or model; delete it (and {state.name}) "
                         "to start over")
     data = partial.read_bytes()
     keep = data[: data.rfind(b"\n") + 1]
@@ -87,15 +92,86 @@ def _resume_point(partial: Path, state: Path, expected: dict, rows: int) -> int:
     return len(lines)
 
 
+_KINDS = ("classification", "regression")
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in _KINDS:
+        raise ValueError(f"predict --input-file scores classification and regression adapters; this one is {kind} "
+                         "(use predict TEXT [PAIR] for it)")
+    return kind
+
+
+class _TorchModel:
+    """A saved adapter on its base model, run by PyTorch (what ``eval`` runs)."""
+
+    def __init__(self, adapter: str, model: str | None):
+        from .methods import read_result_meta
+
+        _, self.meta = read_result_meta(adapter)
+        self.adapter, self.model_name = adapter, model
+        self.kind = _check_kind(self.meta.get("kind") or "classification")
+        self.max_length = self.meta.get("max_length") or 128
+        self.batch_size = self.meta.get("eval_batch_size") or 64
+        self.job = {"adapter": os.path.realpath(adapter), "model": model}  # which model wrote a partial file
+
+    def load(self) -> None:
+        from .evaluation import load_trained
+
+        self.trained = load_trained(self.adapter, self.model_name)
+        self.tokenizer = self.trained.tokenizer
+        config = self.trained.model.config
+        self.names = self.meta.get("label_names") or [str(config.id2label[i]) for i in range(config.num_labels)]
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # (B, T) each -> (B, C)
+        return self.trained.model(**batch).logits.float()
+
+
+class _OnnxModel:
+    """An ``adapterkit export --format onnx`` directory, run by ONNX Runtime on the CPU."""
+
+    def __init__(self, directory: str):
+        from .export.onnx import ONNX_META_FILE, read_export, require_onnx
+
+        require_onnx(("onnxruntime",), "predict --onnx")
+        self.directory, self.meta = directory, read_export(directory)
+        self.kind = _check_kind(self.meta["kind"])
+        self.max_length = self.meta["max_length"]
+        self.batch_size = (self.meta.get("info") or {}).get("eval_batch_size") or 64
+        self.job = {"onnx": os.path.realpath(directory), "export_sha256": _sha256(Path(directory) / ONNX_META_FILE)}
+
+    def load(self) -> None:
+        from transformers import AutoTokenizer
+
+        from .export.onnx import OnnxExportError, cpu_session
+
+        graph = Path(self.directory) / self.meta["model_file"]
+        try:
+            self.session = cpu_session(graph, purpose="predict --onnx")
+        except OnnxExportError:
+            raise
+        except Exception as e:  # onnxruntime's own error classes derive from Exception only
+            raise OnnxExportError(f"ONNX Runtime cannot load {graph} ({' '.join(str(e).split())}); export again") from None
+        self.tokenizer = AutoTokenizer.from_pretrained(self.directory)
+        width = self.session.get_outputs()[0].shape[-1]
+        self.names = self.meta["label_names"] or [str(i) for i in range(width if isinstance(width, int) else 0)]
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # (B, T) each -> (B, C)
+        from .export.onnx import run_session
+
+        return torch.from_numpy(run_session(self.session, batch)[0]).float()
+
+
 @torch.no_grad()
-def _chunk_lines(trained, rows, start: int, batch_size: int, max_length: int, kind: str, names) -> list[str]:
+def _chunk_lines(scorer, rows, start: int, batch_size: int) -> list[str]:
+    kind, names = scorer.kind, scorer.names
     examples = [{"text": t, "text_pair": p, "label": 0} for t, p in rows]
-    features = tokenize(examples, kind, trained.tokenizer, max_length)
+    features = tokenize(examples, kind, scorer.tokenizer, scorer.max_length)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # as evaluate() orders
     lines = [""] * len(features)
     for k in range(0, len(order), batch_size):
         chunk = [features[i] for i in order[k: k + batch_size]]
-        logits = trained.model(**model_inputs(collate(chunk, kind, trained.tokenizer.pad_token_id))).logits.float()
+        logits = scorer.logits(model_inputs(collate(chunk, kind, scorer.tokenizer.pad_token_id)))
         for j, i in enumerate(order[k: k + batch_size]):
             if kind == "regression":
                 result = {"index": start + i, "score": float(logits[j].squeeze(-1))}
@@ -107,16 +183,18 @@ def _chunk_lines(trained, rows, start: int, batch_size: int, max_length: int, ki
     return lines
 
 
-def predict_file(adapter: str, input_file: str, output: str, model: str | None = None, text_column=None,
+def predict_file(adapter: str | None, input_file: str, output: str, model: str | None = None, text_column=None,
                  text_pair_column=None, batch_size: int | None = None, resume: bool = False,
-                 progress: bool = True) -> dict:
-    """Write the predictions for every row of ``input_file`` to ``output`` (see the module doc); returns
-    {"rows", "resumed_at", "output"}."""
+                 progress: bool = True, onnx: str | None = None) -> dict:
+    """Write the predictions for every row of ``input_file`` to ``output`` (see the module doc) with the saved
+    adapter ``adapter`` (PyTorch) or the ONNX export directory ``onnx`` (ONNX Runtime), exactly one of them;
+    returns {"rows", "resumed_at", "output"}."""
     from tqdm.auto import tqdm
 
-    from .evaluation import load_trained
-    from .methods import read_result_meta
-
+    if (adapter is None) == (onnx is None):
+        raise ValueError("give exactly one of --adapter DIR (PyTorch) and --onnx DIR (an ONNX export)")
+    if onnx is not None and model is not None:
+        raise ValueError("--model does not apply to --onnx: the base model is inside the exported graph")
     out = Path(output)
     partial, state = _partial_paths(out)
     if os.path.lexists(out):
@@ -126,18 +204,12 @@ def predict_file(adapter: str, input_file: str, output: str, model: str | None =
                               "or delete it to start over")
     if batch_size is not None and not 1 <= batch_size <= 1 << 16:
         raise ValueError(f"--batch-size must be between 1 and 65536, got {batch_size}")
-    _, meta = read_result_meta(adapter)
-    kind = meta.get("kind") or "classification"
-    if kind not in ("classification", "regression"):
-        raise ValueError(f"predict --input-file scores classification and regression adapters; this one is {kind} "
-                         "(use predict TEXT [PAIR] for it)")
+    scorer = _OnnxModel(onnx) if onnx is not None else _TorchModel(adapter, model)
     rows = _rows(input_file, text_column, text_pair_column)  # bad input fails here, before anything is written
-    trained = load_trained(adapter, model)
-    names = meta.get("label_names") or [str(trained.model.config.id2label[i]) for i in range(trained.model.config.num_labels)]
-    max_length = meta.get("max_length") or 128
-    batch_size = batch_size or meta.get("eval_batch_size") or 64
-    job = {"input_sha256": _sha256(Path(input_file)), "adapter": os.path.realpath(adapter), "rows": len(rows),
-           "model": model, "max_length": max_length, "batch_size": batch_size}
+    scorer.load()
+    batch_size = batch_size or scorer.batch_size
+    job = {"input_sha256": _sha256(Path(input_file)), **scorer.job, "rows": len(rows),
+           "max_length": scorer.max_length, "batch_size": batch_size}
     done = _resume_point(partial, state, job, len(rows)) if resume and partial.exists() else 0
     if not partial.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +219,7 @@ def predict_file(adapter: str, input_file: str, output: str, model: str | None =
                mininterval=1.0)
     with open(partial, "a", encoding="utf-8") as f:
         for start in range(done - done % CHUNK_ROWS, len(rows), CHUNK_ROWS):
-            lines = _chunk_lines(trained, rows[start: start + CHUNK_ROWS], start, batch_size, max_length, kind, names)
+            lines = _chunk_lines(scorer, rows[start: start + CHUNK_ROWS], start, batch_size)
             skip = max(0, done - start)  # a resumed chunk is recomputed whole; its written rows are kept
             f.writelines(lines[skip:])
             f.flush()

@@ -247,8 +247,9 @@ def eval_(
 def predict(
     text: Annotated[Optional[str], typer.Argument(help="input text (QA: the question; LM: the prompt)")] = None,
     pair: Annotated[Optional[str], typer.Argument(help="second text of a pair (QA: the context)")] = None,
-    adapter: Annotated[str, typer.Option(help="the adapter/ folder of a training run")] = ...,
+    adapter: Annotated[Optional[str], typer.Option(help="the adapter/ folder of a training run")] = None,
     model: Annotated[Optional[str], typer.Option(help="base model (default: the one recorded)")] = None,
+    onnx: Annotated[Optional[str], typer.Option(help="--input-file: run this `export --format onnx` directory with ONNX Runtime instead of --adapter")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="LM: tokens to generate")] = 40,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     input_file: Annotated[Optional[str], typer.Option(help="score every row of a CSV/TSV/JSONL file instead of TEXT")] = None,
@@ -259,7 +260,7 @@ def predict(
     text_column: TextColumn = None, text_pair_column: PairColumn = None,
 ):
     """Predict with a trained adapter: the label and scores (or score, answer, or generated text); with
-    --input-file, one JSON line per row of a file (batched, resumable)."""
+    --input-file, one JSON line per row of a file (batched, resumable; --onnx runs an ONNX export instead)."""
     from .evaluation import load_trained, predict as run
 
     if input_file is not None or output is not None:
@@ -268,10 +269,14 @@ def predict(
         if input_file is None or output is None or text is not None:
             raise ValueError("give --input-file and --output together, and no TEXT argument with them")
         done = predict_file(adapter, input_file, output, model, text_column, text_pair_column, batch_size, resume,
-                            progress=not quiet)
+                            progress=not quiet, onnx=onnx)
         resumed = f" (resumed after row {done['resumed_at']})" if done["resumed_at"] else ""
         typer.echo(f"wrote {done['rows']} predictions to {done['output']}{resumed}")
         return
+    if onnx is not None:
+        raise ValueError("--onnx scores files: give --input-file F --output preds.jsonl (or --adapter DIR for one TEXT)")
+    if adapter is None:
+        raise ValueError("give --adapter DIR (the adapter/ folder of a training run)")
     if text is None:
         raise ValueError("give the TEXT to predict, or --input-file F --output preds.jsonl")
     result = run(load_trained(adapter, model), text, pair, max_new_tokens=max_new_tokens)

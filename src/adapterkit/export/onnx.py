@@ -59,19 +59,22 @@ _CHECK_TEXTS = ("it is a movie about a man who walks for a very long time and th
 
 
 class OnnxExportError(ValueError):
-    """The export cannot be made (a missing package, a model or task kind it does not cover, a failed check)."""
+    """The export cannot be made (a missing package, a model or task kind it does not cover, a failed check),
+    or a directory given as an export is not one this adapterkit can run."""
 
 
-def require_onnx() -> dict[str, Any]:
-    """The optional packages ONNX export needs, imported; OnnxExportError naming the install command if not."""
+def require_onnx(names: tuple[str, ...] = ("onnx", "onnxscript", "onnxruntime"),
+                 purpose: str = "ONNX export") -> dict[str, Any]:
+    """The optional packages ``purpose`` needs (export: all three; running an export: onnxruntime), imported;
+    OnnxExportError naming the install command if not."""
     modules, missing = {}, []
-    for name in ("onnx", "onnxscript", "onnxruntime"):
+    for name in names:
         try:
             modules[name] = importlib.import_module(name)
         except ImportError:
             missing.append(name)
     if missing:
-        raise OnnxExportError(f"ONNX export needs {', '.join(missing)} (not installed); {_INSTALL}")
+        raise OnnxExportError(f"{purpose} needs {', '.join(missing)} (not installed); {_INSTALL}")
     return modules
 
 
@@ -146,6 +149,35 @@ def _check_target(directory: Path) -> None:
                               "empty path (an export replaces the whole directory)")
 
 
+def read_export(directory: str | os.PathLike) -> dict[str, Any]:
+    """The checked ``adapterkit_onnx.json`` of an export directory (what :func:`export_model_onnx` wrote);
+    OnnxExportError saying what is wrong and how to make one if ``directory`` is not such an export."""
+    directory = Path(directory)
+    make = "make one with `adapterkit export --adapter DIR --format onnx --output OUT`"
+    if not directory.is_dir():
+        raise OnnxExportError(f"{directory} {'is not a directory' if directory.exists() else 'does not exist'}; an "
+                              f"ONNX export is a directory: {make}")
+    path = directory / ONNX_META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise OnnxExportError(f"{directory} is not an adapterkit ONNX export (no {ONNX_META_FILE}); {make}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise OnnxExportError(f"{path} is not readable JSON ({e}); export again") from None
+    if not isinstance(meta, dict) or "adapterkit_onnx_format" not in meta:
+        raise OnnxExportError(f"{path} is not an adapterkit ONNX export's {ONNX_META_FILE}; {make}")
+    if meta["adapterkit_onnx_format"] != FORMAT_VERSION:
+        raise OnnxExportError(f"{directory} is an ONNX export of format {meta['adapterkit_onnx_format']!r}; this "
+                              f"adapterkit reads format {FORMAT_VERSION}: export again (or upgrade adapterkit)")
+    model_file, labels, max_length = meta.get("model_file"), meta.get("label_names"), meta.get("max_length")
+    if not (isinstance(model_file, str) and Path(model_file).name == model_file and (directory / model_file).is_file()):
+        raise OnnxExportError(f"{directory} has no graph file {model_file!r} (its {ONNX_META_FILE} names it); export again")
+    if meta.get("kind") not in KINDS or not (labels is None or isinstance(labels, list) and all(
+            isinstance(n, str) for n in labels)) or not (isinstance(max_length, int) and max_length > 0):
+        raise OnnxExportError(f"{path} has an invalid kind, label_names or max_length; export again")
+    return meta
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """torch.onnx reports its steps and warns about what it skips (torchvision ops...); the CLI keeps its own
@@ -192,17 +224,28 @@ def _check_dynamic_axes(proto, input_names) -> None:
                                       "cannot be exported with dynamic batch and sequence axes")
 
 
-def run_onnx(path: str | os.PathLike, inputs: dict[str, torch.Tensor | np.ndarray],
-             threads: int | None = None) -> list[np.ndarray]:
-    """Run an exported graph with ONNX Runtime on the CPU: the outputs in the graph's order."""
-    ort = require_onnx()["onnxruntime"]
+def cpu_session(path: str | os.PathLike, threads: int | None = None, purpose: str = "ONNX export"):
+    """An ONNX Runtime InferenceSession of the graph at ``path`` on the CPU (``threads``: intra-op threads,
+    None: ONNX Runtime's default, one per core)."""
+    ort = require_onnx(("onnxruntime",), purpose)["onnxruntime"]
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, inputs: dict[str, torch.Tensor | np.ndarray]) -> list[np.ndarray]:
+    """The graph's outputs, in its order, for ``inputs`` (B, T) each; inputs the graph does not take (e.g.
+    token_type_ids for DistilBERT) are left out, as int64."""
     as_numpy = {k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in inputs.items()}
     feed = {i.name: np.asarray(as_numpy[i.name], dtype=np.int64) for i in session.get_inputs()}
     return session.run(None, feed)
+
+
+def run_onnx(path: str | os.PathLike, inputs: dict[str, torch.Tensor | np.ndarray],
+             threads: int | None = None) -> list[np.ndarray]:
+    """Run an exported graph with ONNX Runtime on the CPU: the outputs in the graph's order."""
+    return run_session(cpu_session(path, threads), inputs)
 
 
 def _max_diff(onnx_outputs: list[np.ndarray], torch_outputs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
@@ -344,7 +387,11 @@ def export_onnx(adapter_dir: str | os.PathLike, output: str | os.PathLike, model
         raise OnnxExportError(f"{adapter_dir} is a {kind} adapter; ONNX export covers {', '.join(KINDS)} (causal-LM "
                               "generation needs a KV-cache graph, which this export does not build)")
     trained = load_trained(adapter_dir, model)
-    info = {k: meta[k] for k in ("task", "model", "method") if meta.get(k) is not None}
+    info = {k: meta[k] for k in ("task", "model", "method", "eval_batch_size") if meta.get(k) is not None}
+    labels = meta.get("label_names")
+    if labels is None and kind == "classification":  # the names predict gives (the model config's)
+        config = trained.model.config
+        labels = [str(config.id2label[i]) for i in range(config.num_labels)]
     if model is not None:
         info["model"] = model
     if form == "adapter":
@@ -352,7 +399,7 @@ def export_onnx(adapter_dir: str | os.PathLike, output: str | os.PathLike, model
         info["adapter_config_sha256"] = config.get("config_sha256")
         info["adapter_saved_name"] = config.get("name")
     return export_model_onnx(trained.model, trained.tokenizer, output, ADAPTER_NAME if form == "adapter" else None,
-                             kind=kind, label_names=meta.get("label_names"), max_length=meta.get("max_length") or 128,
+                             kind=kind, label_names=labels, max_length=meta.get("max_length") or 128,
                              quantize=quantize, info=info)
 
 
@@ -365,4 +412,5 @@ def _head_kind(adapter_dir, form: str) -> str:
 
 
 __all__ = ["INT8_FILE", "MODEL_FILE", "ONNX_META_FILE", "TOLERANCE", "OnnxExportError", "adapter_digest",
-           "export_model_onnx", "export_onnx", "require_onnx", "run_onnx"]
+           "cpu_session", "export_model_onnx", "export_onnx", "read_export", "require_onnx", "run_onnx",
+           "run_session"]
