@@ -26,7 +26,6 @@ Writes benchmarks/results/mixed_batch.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -166,11 +165,10 @@ def main() -> None:
         "goal": "mixed >= 0.95 x single-adapter throughput",
         "results": results,
     }
+    from report import write_json  # benchmarks/ is the script's directory
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, report)
 
     print(f"MiniLM, {args.adapters} adapters, CPU x{torch.get_num_threads()} threads, medians of {args.reps} "
           f"interleaved rounds (load avg {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f})")

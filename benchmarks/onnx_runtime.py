@@ -209,12 +209,10 @@ def main() -> None:
         "groups": groups,
         "accuracy": scores,
     }
+    from report import render_onnx, write_json  # noqa: E402 (benchmarks/ is the script's directory)
+
     path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".json.tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
-    from report import render_onnx  # noqa: E402 (benchmarks/ is the script's directory)
+    write_json(path, report)
 
     print(render_onnx(report))
     print(f"wrote {path}")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -241,6 +242,15 @@ def render_doc(results: list[dict], analysis: str = "", onnx: dict | None = None
     if analysis:
         out += [analysis.strip(), ""]
     return "\n".join(out)
+
+
+def write_json(path: Path, report: dict) -> None:
+    """Write a benchmark's JSON atomically (a temp file renamed into place), creating its directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def load_results(results_dir: Path, include_quick: bool = False) -> list[dict]:

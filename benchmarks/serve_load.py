@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -243,11 +242,10 @@ def main() -> None:
         "server_vs_direct_inputs_per_s": served["inputs_per_s"] / baseline["inputs_per_s"],
         "server_vs_direct_inputs_per_cpu_s": (served["inputs_per_server_cpu_s"] or 0) / baseline["inputs_per_cpu_s"],
     }
+    from report import write_json  # benchmarks/ is the script's directory
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json(out, report)
     s, d = served, baseline
     print(f"adapterkit serve load test: MiniLM, {args.adapters} tasks, {args.clients} clients, {s['seconds']:.0f} s, "
           f"1-{args.max_inputs_per_request} inputs/request, batch <= {args.batch_size}, window {args.batch_window_ms} ms, "
