@@ -33,7 +33,7 @@ import torch
 
 from .data.base import DataError
 from .data.files import read_records, resolve_columns
-from .features import collate, model_inputs, tokenize
+from .features import collate, length_batches, model_inputs, tokenize
 
 CHUNK_ROWS = 8192
 
@@ -167,12 +167,11 @@ def _chunk_lines(scorer, rows, start: int, batch_size: int) -> list[str]:
     kind, names = scorer.kind, scorer.names
     examples = [{"text": t, "text_pair": p, "label": 0} for t, p in rows]
     features = tokenize(examples, kind, scorer.tokenizer, scorer.max_length)
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # as evaluate() orders
     lines = [""] * len(features)
-    for k in range(0, len(order), batch_size):
-        chunk = [features[i] for i in order[k: k + batch_size]]
+    for rows_of_batch in length_batches(features, batch_size):  # as evaluate() batches
+        chunk = [features[i] for i in rows_of_batch]
         logits = scorer.logits(model_inputs(collate(chunk, kind, scorer.tokenizer.pad_token_id)))
-        for j, i in enumerate(order[k: k + batch_size]):
+        for j, i in enumerate(rows_of_batch):
             if kind == "regression":
                 result = {"index": start + i, "score": float(logits[j].squeeze(-1))}
             else:

@@ -1,6 +1,6 @@
 """Evaluation, loading a trained result, and prediction: what ``train``, ``eval`` and ``predict`` share.
 
-``evaluate`` runs the model over the validation features in their given order with a fixed batch size;
+``evaluate`` runs the model over the validation features in length-sorted batches of a fixed size (features.length_batches);
 ``train`` records its numbers with this same function and ``eval`` reloads the saved result and calls it
 again with the recorded batch size and max length, so both print bit-identical metrics.
 """
@@ -16,7 +16,7 @@ import torch
 import adapterkit as ak
 from . import metrics as M
 from . import qa
-from .features import collate, loss_sum, model_inputs, target_count, tokenize
+from .features import collate, length_batches, loss_sum, model_inputs, target_count, tokenize
 from .methods import ADAPTER_NAME, read_result_meta
 from .models import load_model
 
@@ -38,11 +38,9 @@ def evaluate(model, tokenizer, kind: str, metric: str, examples: list[dict], fea
     was_training = model.training
     model.eval()
     # Batches of similar length (less padding); results are put back in feature order.
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     predictions, starts, ends = [None] * len(features), [None] * len(features), [None] * len(features)
     total_loss, total_targets = 0.0, 0
-    for k in range(0, len(order), batch_size):
-        rows = order[k: k + batch_size]
+    for rows in length_batches(features, batch_size):
         chunk = [features[i] for i in rows]
         batch = {key: v.to(device) for key, v in collate(chunk, kind, tokenizer.pad_token_id).items()}
         out = model(**model_inputs(batch))

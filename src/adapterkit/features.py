@@ -81,6 +81,13 @@ def collate(features: Sequence[dict], kind: str, pad_token_id: int) -> dict[str,
     return batch
 
 
+def length_batches(features: Sequence[dict], batch_size: int) -> list[list[int]]:
+    """Feature indices in batches of similar length (less padding): sorted by token count, then cut into
+    ``batch_size`` runs. evaluate() and predict --input-file both batch this way, so their outputs agree."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    return [order[k: k + batch_size] for k in range(0, len(order), batch_size)]
+
+
 def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
@@ -103,4 +110,4 @@ def loss_sum(outputs, batch: dict, kind: str) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
 
 
-__all__ = ["collate", "loss_sum", "model_inputs", "pad_inputs", "target_count", "tokenize"]
+__all__ = ["collate", "length_batches", "loss_sum", "model_inputs", "pad_inputs", "target_count", "tokenize"]
