@@ -180,10 +180,7 @@ def fused_names(directories: tuple[str, ...]) -> list[str]:
     """A name per fused adapter directory: the task its run recorded (else the folder's name), made unique."""
     names = []
     for i, directory in enumerate(directories):
-        try:
-            task = ak.read_adapter_config(directory).get("extra", {}).get("task")
-        except ak.AdapterLoadError:
-            raise
+        task = ak.read_adapter_config(directory).get("extra", {}).get("task")
         path = Path(directory)
         base = task if isinstance(task, str) else (path.parent.name if path.name == "adapter" else path.name)
         base = re.sub(r"[^A-Za-z0-9_\-]", "_", base)[:64] or f"adapter{i}"
