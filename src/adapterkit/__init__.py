@@ -7,16 +7,20 @@
     ak.set_active(model, None)               # the untouched base model
     ak.set_active(model, ak.Stack("lang", "sst2"))                      # sst2's adapters read lang's output
     ak.add_adapter(model, "avg", ak.Average("sst2", "imdb", weights=[0.5, 0.5]))  # a new, averaged adapter
+    ak.add_fusion(model, ak.Fuse("sst2", "imdb"), head=2)   # AdapterFusion over frozen adapters
+    ak.train_fusion(model, ak.Fuse("sst2", "imdb"))
 """
 
 from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, LayerStack
 from .bottleneck import Bottleneck, bottleneck_parameter_count
-from .composition import Average, Stack
+from .composition import Average, Fuse, Stack
 from .config import AdapterConfig, AdapterConfigError
 from .heads import HeadConfig
 from .io import AdapterLoadError, fingerprint, read_adapter_config, save_adapter
 from .export.adapterhub import load_adapter  # io.load_adapter, and directories saved by AdapterHub's adapters
 from .mixed import predict_mixed
+from .fusion import FusionConfig, add_fusion, fusion_regularization_loss, list_fusions, remove_fusion, train_fusion
+from .fusion_io import load_fusion, save_fusion
 from .model import (
     active_adapter,
     adapter_parameters,
@@ -43,6 +47,8 @@ __all__ = [
     "ArchitectureSpec",
     "Average",
     "Bottleneck",
+    "Fuse",
+    "FusionConfig",
     "HeadConfig",
     "LayerStack",
     "Stack",
@@ -50,18 +56,25 @@ __all__ = [
     "adapter_parameters",
     "adapter_summary",
     "add_adapter",
+    "add_fusion",
     "base_parameters",
     "bottleneck_parameter_count",
     "disable_adapters",
     "fingerprint",
+    "fusion_regularization_loss",
     "list_adapters",
+    "list_fusions",
     "load_adapter",
+    "load_fusion",
     "parameter_groups",
     "predict_mixed",
     "read_adapter_config",
     "remove_adapter",
+    "remove_fusion",
     "save_adapter",
+    "save_fusion",
     "set_active",
     "train_adapter",
+    "train_fusion",
     "use_adapter",
 ]

@@ -19,6 +19,10 @@ sum_i w_i * t_i over the adapters' tensors, with the weights divided by their su
 the same shapes and the same config (``init_std`` aside); the new adapter takes the first one's config and
 head. It is an ordinary adapter afterwards: train, save, load, serve.
 
+``Fuse(a, b, c)``: AdapterFusion (Pfeiffer et al. 2021, arXiv 2005.00247), a learned attention over the
+outputs of frozen adapters at each site; added with ``ak.add_fusion(model, Fuse(...))`` and activated with
+``set_active`` (``fusion.py``).
+
 ``adapterkit.Stack`` used to name the architecture spec's layer stack, now :class:`LayerStack`: called with
 that signature (a tuple of layer norms, or keywords) it still builds one, with a DeprecationWarning, for one
 release.
@@ -27,6 +31,7 @@ release.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 from .architectures import LayerStack
@@ -69,6 +74,35 @@ class Stack:
         return f"Stack({', '.join(map(repr, self.names))})"
 
 
+_FUSION_NAME = re.compile(r"^[A-Za-z0-9_\-,]+$")
+
+
+class Fuse:
+    """AdapterFusion over adapters: ``add_fusion(model, Fuse("a", "b", "c"))``, then
+    ``set_active(model, Fuse("a", "b", "c"))``. ``name`` defaults to AdapterHub's: the names joined by ","."""
+
+    def __init__(self, *names: str, name: str | None = None):
+        self.names = _names("Fuse", names)
+        self.name = ",".join(self.names) if name is None else name
+        if not isinstance(self.name, str) or not _FUSION_NAME.fullmatch(self.name):
+            raise ValueError(f"Fuse: a fusion name is letters, digits, '_', '-' or ',', got {self.name!r}")
+
+    @property
+    def last(self) -> str:
+        """The adapter whose layer-norm copies the fusion uses (AdapterHub: the last adapter's config counts)."""
+        return self.names[-1]
+
+    def __eq__(self, other) -> bool:
+        return type(other) is Fuse and (other.names, other.name) == (self.names, self.name)
+
+    def __hash__(self) -> int:
+        return hash(("Fuse", self.names, self.name))
+
+    def __repr__(self) -> str:
+        named = "" if self.name == ",".join(self.names) else f", name={self.name!r}"
+        return f"Fuse({', '.join(map(repr, self.names))}{named})"
+
+
 class Average:
     """A new adapter from the weighted parameters of others: ``add_adapter(model, "avg", Average("a", "b"))``."""
 
@@ -87,4 +121,4 @@ class Average:
         return f"Average({', '.join(map(repr, self.names))}, weights={list(self.weights)})"
 
 
-__all__ = ["Average", "Stack"]
+__all__ = ["Average", "Fuse", "Stack"]

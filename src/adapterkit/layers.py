@@ -27,27 +27,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from .composition import Stack
+from .composition import Fuse, Stack
 from .kinds import AdapterKind
 
 
 class Routing:
-    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack`, or a list with one
-    name (or None) per batch row."""
+    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack` or
+    :class:`~adapterkit.composition.Fuse`, or a list with one name (or None) per batch row."""
 
     def __init__(self) -> None:
         self.active: str | None | Stack | tuple[str | None, ...] = None
         self._groups: dict[torch.device, list[tuple[str | None, torch.Tensor]]] = {}
 
     def set(self, active: str | None | Stack | Sequence[str | None]) -> None:
-        self.active = active if active is None or isinstance(active, (str, Stack)) else tuple(active)
+        self.active = active if active is None or isinstance(active, (str, Stack, Fuse)) else tuple(active)
         self._groups = {}
 
     @property
     def owner(self) -> str | None:
         """The adapter whose layer norms and head are used (one routing for the whole batch): the active one,
-        or a stack's last."""
-        return self.active.last if isinstance(self.active, Stack) else self.active
+        or a stack's (or fusion's) last."""
+        return self.active.last if isinstance(self.active, (Stack, Fuse)) else self.active
+
+    @property
+    def head_owner(self) -> str | None:
+        """Whose head copy is used: a fusion's own (it trains one), else :attr:`owner`'s."""
+        return self.active.name if isinstance(self.active, Fuse) else self.owner
 
     @property
     def mixed(self) -> bool:
@@ -135,6 +140,7 @@ class BottleneckLayer(AdapterModule):
     def __init__(self, routing: Routing, output_module: nn.Module):
         super().__init__(routing)
         self.kinds: dict[str, tuple[AdapterKind, Any]] = {}  # adapter name -> (its kind, its AdapterConfig)
+        self.fusions = nn.ModuleDict()  # fusion name -> its attention here (fusion.FusionLayer)
         self._sublayer_input: torch.Tensor | None = None
         self._handles = []
         self._capture_handle = None  # the sublayer-input hook, while some adapter here reads the input
@@ -156,6 +162,8 @@ class BottleneckLayer(AdapterModule):
     def remove(self, name: str) -> None:
         super().remove(name)
         self.kinds.pop(name, None)
+        if name in self.fusions:
+            del self.fusions[name]
         if not self.reads_input and self._capture_handle is not None:  # the last reader here: unhook the input
             self._capture_handle.remove()
             self._handles.remove(self._capture_handle)
@@ -184,10 +192,22 @@ class BottleneckLayer(AdapterModule):
             for name in names:
                 h = self._combine(name, h, x)
             return h if names else None
+        if isinstance(active, Fuse):
+            return self._fuse(active, h, x)
         if not self.routing.mixed:
             return self._combine(active, h, x) if active in self.adapters else None
         self.routing.check_batch(h.shape[0])
         return self._apply_mixed(h, x)
+
+    def _fuse(self, block: Fuse, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor | None:
+        """AdapterHub's ``compose_fuse``: query and residual are the sublayer output h, keys and values the
+        fused adapters' branches (``AdapterKind.branch``) stacked on a new axis."""
+        names = [n for n in block.names if n in self.adapters]
+        if not names:
+            return None
+        branches = [self.kinds[n][0].branch(self.adapters[n], h, x, self.kinds[n][1]) for n in names]
+        ups = torch.stack(branches).permute(1, 2, 0, 3)  # (N, B, T, d) -> (B, T, N, d)
+        return self.fusions[block.name](h, ups, h)
 
     def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         """Each row through its own adapter, grouped by adapter. Gathering per-row weights for one batched
@@ -228,6 +248,10 @@ class ModuleCopies(AdapterModule):
         if role == "layer_norm":
             self._hook(module.register_forward_pre_hook, self._swap_in)
 
+    @property
+    def _owner(self) -> str | None:
+        return self.routing.head_owner if self.role == "head" else self.routing.owner
+
     def copy_of_base(self) -> nn.Module:
         """A fresh copy of the module with the base module's current weights."""
         clone = copy.deepcopy(self._template)
@@ -246,7 +270,7 @@ class ModuleCopies(AdapterModule):
         module's, and ``_on_output`` puts the base ones back. (Re-running a copy after the base norm cost a
         few percent of inference, in page faults for the extra output: see docs/benchmarks.md.)"""
         self._restore(module)  # a forward that raised last time may have left them swapped
-        active = self.routing.owner
+        active = self._owner
         if isinstance(active, str) and active in self.adapters:
             self._swapped = dict(module._parameters)
             module._parameters.update(self.adapters[active]._parameters)
@@ -260,7 +284,7 @@ class ModuleCopies(AdapterModule):
         if self._swapped is not None:  # the norm already ran with the active adapter's parameters
             self._restore(module)
             return None
-        active = self.routing.owner
+        active = self._owner
         if active is None:
             return None
         if not self.routing.mixed:

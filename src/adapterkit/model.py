@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
-from .composition import Average, Stack
+from .composition import Average, Fuse, Stack
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
@@ -33,6 +33,7 @@ class AdapterState:
     configs: dict[str, AdapterConfig] = field(default_factory=dict)
     heads: dict[str, HeadConfig] = field(default_factory=dict)
     base_labels: tuple | None = None  # (id2label, label2id, problem_type) of the model as loaded
+    fusions: dict = field(default_factory=dict)  # fusion name -> fusion.FusionRecord (its block, config, head)
 
 
 def _label_fields(model: nn.Module) -> tuple | None:
@@ -316,22 +317,25 @@ def _rollback(model, name, state, new_state, created, touched) -> None:
         del model.__dict__["adapterkit"]
 
 
-def set_active(model: nn.Module, active: str | None | Stack | Sequence[str | None]) -> nn.Module:
-    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")`` (composition.py), or
-    one name/None per batch row."""
+def set_active(model: nn.Module, active: str | None | Stack | Fuse | Sequence[str | None]) -> nn.Module:
+    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")`` or a fusion added with
+    ``add_fusion`` (``Fuse("a", "b")``; composition.py), or one name/None per batch row."""
     state = get_state(model) if active is not None else model.__dict__.get("adapterkit")
     if state is None:
         return model
-    names = [active] if active is None or isinstance(active, str) else list(active.names) if isinstance(active, Stack) else list(active)
+    names = [active] if active is None or isinstance(active, str) else list(active.names) if isinstance(active, (Stack, Fuse)) else list(active)
     for n in names:
         if n is not None:
             _require(model, n)
     if isinstance(active, Stack):
         _check_stack(model, active)
+    if isinstance(active, Fuse) and (active.name not in state.fusions or state.fusions[active.name].block != active):
+        raise KeyError(f"no fusion {active!r} on this model (fusions: {', '.join(map(repr, (r.block for r in state.fusions.values()))) or 'none'}); "
+                       "add it with adapterkit.add_fusion or load it with adapterkit.load_fusion first")
     state.routing.set(active)
     if state.base_labels is not None:
-        owner = state.routing.owner
-        head = state.heads[owner] if isinstance(owner, str) else HeadConfig("own")
+        owner = state.routing.head_owner
+        head = (state.fusions[owner].head if isinstance(active, Fuse) else state.heads[owner]) if isinstance(owner, str) else HeadConfig("own")
         _set_label_fields(model, _head_label_fields(head, state.base_labels))
     return model
 
@@ -415,6 +419,9 @@ def train_adapter(model: nn.Module, name: str) -> nn.Module:
 
 def remove_adapter(model: nn.Module, name: str) -> nn.Module:
     state = _require(model, name)
+    users = [f for f, record in state.fusions.items() if name in record.block.names]
+    if users:
+        raise ValueError(f"adapter {name!r} is fused by {users[0]!r}; remove_fusion(model, {users[0]!r}) first")
     for path, holder in list(adapter_modules(model)):
         holder.remove(name)
         if not holder.adapters:  # last adapter here: unhook and drop the holder
