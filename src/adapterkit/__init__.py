@@ -7,16 +7,17 @@
     ak.set_active(model, None)               # the untouched base model
     ak.set_active(model, ak.Stack("lang", "sst2"))                      # sst2's adapters read lang's output
     ak.add_adapter(model, "avg", ak.Average("sst2", "imdb", weights=[0.5, 0.5]))  # a new, averaged adapter
+    ak.set_active(model, ak.Parallel("sst2", "imdb"))                   # B rows in, 2 x B rows out
 """
 
 from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, LayerStack
 from .bottleneck import Bottleneck, bottleneck_parameter_count
-from .composition import Average, Stack
+from .composition import Average, Parallel, Stack
 from .config import AdapterConfig, AdapterConfigError
 from .heads import HeadConfig
 from .io import AdapterLoadError, fingerprint, read_adapter_config, save_adapter
 from .export.adapterhub import load_adapter  # io.load_adapter, and directories saved by AdapterHub's adapters
-from .mixed import predict_mixed
+from .mixed import predict_mixed, predict_parallel, split_parallel
 from .model import (
     active_adapter,
     adapter_parameters,
@@ -45,6 +46,7 @@ __all__ = [
     "Bottleneck",
     "HeadConfig",
     "LayerStack",
+    "Parallel",
     "Stack",
     "active_adapter",
     "adapter_parameters",
@@ -58,10 +60,12 @@ __all__ = [
     "load_adapter",
     "parameter_groups",
     "predict_mixed",
+    "predict_parallel",
     "read_adapter_config",
     "remove_adapter",
     "save_adapter",
     "set_active",
+    "split_parallel",
     "train_adapter",
     "use_adapter",
 ]

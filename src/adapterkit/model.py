@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
-from .composition import Average, Stack
+from . import parallel
+from .composition import Average, Parallel, Stack, adapter_names
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
@@ -316,19 +317,32 @@ def _rollback(model, name, state, new_state, created, touched) -> None:
         del model.__dict__["adapterkit"]
 
 
-def set_active(model: nn.Module, active: str | None | Stack | Sequence[str | None]) -> nn.Module:
-    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")`` (composition.py), or
-    one name/None per batch row."""
+def set_active(model: nn.Module, active: str | None | Stack | Parallel | Sequence[str | Stack | None]) -> nn.Module:
+    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")`` or a
+    ``Parallel("a", "b")`` (composition.py, parallel.py), or one entry per batch row: a name, a Stack or None."""
     state = get_state(model) if active is not None else model.__dict__.get("adapterkit")
     if state is None:
         return model
-    names = [active] if active is None or isinstance(active, str) else list(active.names) if isinstance(active, Stack) else list(active)
-    for n in names:
-        if n is not None:
+    if active is None or isinstance(active, (str, Stack, Parallel)):
+        entries = [active]
+    else:
+        entries = list(active)
+        for e in entries:
+            if isinstance(e, Parallel):
+                raise ValueError(f"a row of a mixed batch takes an adapter name, a Stack or None, not {e!r}; "
+                                 "activate a Parallel for the whole batch: set_active(model, Parallel(...))")
+    for n in entries:
+        if n is not None and not isinstance(n, (Stack, Parallel)):
             _require(model, n)
-    if isinstance(active, Stack):
-        _check_stack(model, active)
+    for n in adapter_names([e for e in entries if isinstance(e, (Stack, Parallel))]):
+        _require(model, n)
+    stacks = {e for e in entries if isinstance(e, Stack)} | {m for e in entries if isinstance(e, Parallel)
+                                                             for m in e.members if isinstance(m, Stack)}
+    for stack in stacks:
+        _check_stack(model, stack)
+    hooks = parallel.attach(model, state.spec, state.routing, active) if isinstance(active, Parallel) else []
     state.routing.set(active)
+    state.routing.hooks = hooks
     if state.base_labels is not None:
         owner = state.routing.owner
         head = state.heads[owner] if isinstance(owner, str) else HeadConfig("own")
@@ -422,7 +436,7 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
             del model.get_submodule(path.rpartition(".")[0])._modules["adapters"]
     del state.configs[name], state.heads[name]
     active = state.routing.active
-    if active == name or (isinstance(active, tuple) and name in active) or (isinstance(active, Stack) and name in active.names):
+    if name in adapter_names(active):
         set_active(model, None)
     return model
 
