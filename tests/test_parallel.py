@@ -211,3 +211,22 @@ def test_mixed_rows_may_name_a_stack_minilm(minilm_dir, minilm_batch):
     torch.testing.assert_close(rows[0], want_stack[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(rows[1], want_lang[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(rows[2], want_stack[2], atol=1e-5, rtol=0)
+
+
+def test_benchmark_script_measures_and_renders(tmp_path):
+    """benchmarks/parallel.py's measurement on a tiny BERT (1 round): timings, agreement, table row."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "parallel.py"
+    spec = importlib.util.spec_from_file_location("_adapterkit_bench_parallel", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = with_adapters(tiny_model("bert"), {f"t{i}": ak.AdapterConfig(size=4, layers=(1,)) for i in range(3)},
+                          {"t1": 3, "t2": "regression"})
+    result = bench.bench(model, ["t0", "t1", "t2"], batch=2, length=8, reps=1)
+    assert result["max_abs_diff"] <= 1e-6 and result["same_predicted_class"] is True
+    assert set(result) >= {"parallel", "separate", "single", "speedup_cpu", "speedup_wall"}
+    row = bench.table({"results": {"skip 1": {"2x8": result}}}).splitlines()[-1]
+    assert row.startswith("| skip 1 | 2x8 | ") and row.endswith("| yes |")
+    assert ak.active_adapter(model) is None

@@ -373,13 +373,13 @@ def _check_stack(model: nn.Module, stack: Stack) -> None:
             )
 
 
-def active_adapter(model: nn.Module) -> str | None | tuple[str | None, ...]:
+def active_adapter(model: nn.Module) -> str | None | Stack | Parallel | tuple[str | Stack | None, ...]:
     state = model.__dict__.get("adapterkit")
     return None if state is None else state.routing.active
 
 
 @contextlib.contextmanager
-def use_adapter(model: nn.Module, active: str | None | Sequence[str | None]):
+def use_adapter(model: nn.Module, active: str | None | Stack | Parallel | Sequence[str | Stack | None]):
     """``with use_adapter(model, "sst2"):`` -- activate for the block, then restore what was active."""
     before = active_adapter(model)
     set_active(model, active)
