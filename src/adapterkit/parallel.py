@@ -29,6 +29,11 @@ How it is done here, with forward pre-hooks on the user's own modules (nothing r
 Each task's rows are computed by the same operations as that task run alone (the norms per block, not the
 mixed batch's one-pass affine); the only difference is the batch size the base model's matmuls see below and
 above the point, and tests/test_parallel.py checks the outputs are equal to running each adapter alone.
+One difference from AdapterHub: it repeats the hidden states at the first adapter *site* (inside the layer,
+with ``adjust_tensors_for_parallel`` in its own copies of the model code making the residual and mask follow);
+with hooks on an unmodified model the earliest place where every tensor of the call can follow is the layer's
+input, so the layer holding the first adapter runs wholly on N x B rows (for Houlsby adapters the first site
+is that layer's attention output, so only its self-attention projections are computed N times more).
 Encoder-decoder models (two layer stacks) are refused: the decoder would meet an encoder output of N x B rows.
 """
 
