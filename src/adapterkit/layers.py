@@ -202,7 +202,7 @@ class BottleneckLayer(AdapterModule):
             return any(n in self.adapters for n in entry.names)
         return isinstance(entry, str) and entry in self.adapters
 
-    def _apply(self, entry: str | Stack, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    def _apply_entry(self, entry: str | Stack, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         """An entry's modules here on ``h``; a stack's, one after the other, each reading the previous output."""
         if isinstance(entry, Stack):
             for name in entry.names:
@@ -217,7 +217,7 @@ class BottleneckLayer(AdapterModule):
         if active is None or self.routing.idle(self.adapters):
             return None
         if isinstance(active, Stack):  # each adapter of the stack that has a module here reads the previous output
-            return self._apply(active, h, x) if self._has(active) else None
+            return self._apply_entry(active, h, x) if self._has(active) else None
         if not self.routing.mixed:
             return self._combine(active, h, x) if active in self.adapters else None
         self.routing.check_batch(h.shape[0])
@@ -232,16 +232,16 @@ class BottleneckLayer(AdapterModule):
         if isinstance(groups[0][1], slice) and not torch.is_grad_enabled():  # inference: write into one output
             out = torch.empty_like(h)
             for name, rows in groups:  # rows of other adapters and of the base model pass unchanged
-                out[rows] = self._apply(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
+                out[rows] = self._apply_entry(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
             return out
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
-            pieces = [self._apply(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
+            pieces = [self._apply_entry(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
                       for name, rows in groups]
             return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         out = None
         for name, rows in groups:
             if self._has(name):
-                combined = self._apply(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
+                combined = self._apply_entry(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
                 out = h.clone() if out is None else out
                 out.index_copy_(0, rows, combined)
         return h if out is None else out
