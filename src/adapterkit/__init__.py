@@ -9,16 +9,17 @@
     ak.add_adapter(model, "avg", ak.Average("sst2", "imdb", weights=[0.5, 0.5]))  # a new, averaged adapter
     ak.add_fusion(model, ak.Fuse("sst2", "imdb"), head=2)   # AdapterFusion over frozen adapters
     ak.train_fusion(model, ak.Fuse("sst2", "imdb"))
+    ak.set_active(model, ak.Parallel("sst2", "imdb"))                   # B rows in, 2 x B rows out
 """
 
 from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, LayerStack
 from .bottleneck import Bottleneck, bottleneck_parameter_count
-from .composition import Average, Fuse, Stack
+from .composition import Average, Fuse, Parallel, Stack
 from .config import AdapterConfig, AdapterConfigError
 from .heads import HeadConfig
 from .io import AdapterLoadError, fingerprint, read_adapter_config, save_adapter
 from .export.adapterhub import load_adapter  # io.load_adapter, and directories saved by AdapterHub's adapters
-from .mixed import predict_mixed
+from .mixed import predict_mixed, predict_parallel, split_parallel
 from .fusion import FusionConfig, add_fusion, fusion_regularization_loss, list_fusions, remove_fusion, train_fusion
 from .fusion_io import load_fusion, save_fusion
 from .model import (
@@ -51,6 +52,7 @@ __all__ = [
     "FusionConfig",
     "HeadConfig",
     "LayerStack",
+    "Parallel",
     "Stack",
     "active_adapter",
     "adapter_parameters",
@@ -68,12 +70,14 @@ __all__ = [
     "load_fusion",
     "parameter_groups",
     "predict_mixed",
+    "predict_parallel",
     "read_adapter_config",
     "remove_adapter",
     "remove_fusion",
     "save_adapter",
     "save_fusion",
     "set_active",
+    "split_parallel",
     "train_adapter",
     "train_fusion",
     "use_adapter",

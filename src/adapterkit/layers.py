@@ -15,7 +15,9 @@ Hooks instead of wrapper modules keep every pretrained parameter under its own s
 ``save_pretrained`` / ``from_pretrained`` of the base model keep working with adapters attached.
 
 All of them read one :class:`Routing` object per model that says what is active: ``None`` (the base model,
-bit-exact), an adapter name, or one name (or None) per example of the batch (mixed-task batches).
+bit-exact), an adapter name, a ``Stack``, a ``Parallel`` (``parallel.py`` replicates the batch where its
+first adapter acts, then it routes like a mixed batch), or one entry (a name, a ``Stack`` or None) per example
+of the batch (mixed-task batches).
 """
 
 from __future__ import annotations
@@ -27,24 +29,45 @@ from typing import Any
 import torch
 from torch import nn
 
-from .composition import Fuse, Stack
+from .composition import Fuse, Parallel, Stack
 from .kinds import AdapterKind
 
 
+Entry = str | Stack | None  # what one row of a mixed batch runs through
+
+
 class Routing:
-    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack` or
-    :class:`~adapterkit.composition.Fuse`, or a list with one name (or None) per batch row."""
+    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack`, a
+    :class:`~adapterkit.composition.Fuse`, a :class:`~adapterkit.composition.Parallel`, or a list with one
+    entry (name, Stack or None) per batch row."""
 
     def __init__(self) -> None:
-        self.active: str | None | Stack | tuple[str | None, ...] = None
-        self._groups: dict[torch.device, list[tuple[str | None, torch.Tensor]]] = {}
+        self.active: str | None | Stack | Parallel | tuple[Entry, ...] = None
+        self.rows: tuple[Entry, ...] | None = None  # one entry per row: the mixed list, or a Parallel's replicated batch
+        self.hooks: list = []  # a Parallel's replication hooks (parallel.py): removed when the routing changes
+        self._groups: dict[torch.device, list[tuple[Entry, torch.Tensor]]] = {}
 
-    def set(self, active: str | None | Stack | Sequence[str | None]) -> None:
-        self.active = active if active is None or isinstance(active, (str, Stack, Fuse)) else tuple(active)
+    def set(self, active: str | None | Stack | Fuse | Parallel | Sequence[Entry]) -> None:
+        while self.hooks:
+            self.hooks.pop().remove()
+        self.active = active if active is None or isinstance(active, (str, Stack, Fuse, Parallel)) else tuple(active)
+        self.rows = self.active if isinstance(self.active, tuple) else None
         self._groups = {}
 
+    def replicate(self, batch: int) -> None:
+        """The active Parallel's batch of ``batch`` rows is now N x ``batch`` rows (parallel.py): its i-th
+        member routes rows ``[i*batch, (i+1)*batch)``, as a mixed batch sorted by task."""
+        rows = tuple(m for m in self.active.members for _ in range(batch))
+        if rows != self.rows:
+            self.rows, self._groups = rows, {}
+
+    def idle(self, here: nn.ModuleDict) -> bool:
+        """A Parallel is active and none of its adapters has a module in ``here``: leave the output alone
+        (the holder may sit below the point where the batch is replicated)."""
+        return isinstance(self.active, Parallel) and not any(n in here for n in self.active.names)
+
     @property
-    def owner(self) -> str | None:
+    def owner(self) -> str | None | Parallel | tuple:
         """The adapter whose layer norms and head are used (one routing for the whole batch): the active one,
         or a stack's (or fusion's) last."""
         return self.active.last if isinstance(self.active, (Stack, Fuse)) else self.active
@@ -56,7 +79,7 @@ class Routing:
 
     @property
     def mixed(self) -> bool:
-        return isinstance(self.active, tuple)
+        return self.rows is not None
 
     def groups(self, device: torch.device) -> list[tuple[str | None, torch.Tensor | slice]]:
         """Rows per name for a mixed batch, built once per (routing, device), in order of first appearance.
@@ -66,7 +89,7 @@ class Routing:
         ``torch.cat``, no gather/scatter. Otherwise each group is a LongTensor of row indices."""
         if device not in self._groups:
             rows: dict[str | None, list[int]] = {}
-            for i, name in enumerate(self.active):
+            for i, name in enumerate(self.rows):
                 rows.setdefault(name, []).append(i)
             if all(r[-1] - r[0] + 1 == len(r) for r in rows.values()):
                 self._groups[device] = [(n, slice(r[0], r[-1] + 1)) for n, r in rows.items()]
@@ -75,14 +98,14 @@ class Routing:
         return self._groups[device]
 
     def check_batch(self, batch_size: int) -> None:
-        if len(self.active) != batch_size:
+        if len(self.rows) != batch_size:
             raise ValueError(
-                f"mixed routing names {len(self.active)} examples but the batch has {batch_size} rows; "
+                f"mixed routing names {len(self.rows)} examples but the batch has {batch_size} rows; "
                 "pass one adapter name (or None) per example"
             )
 
     def __getstate__(self):  # cached index tensors are not worth copying
-        return {"active": self.active, "_groups": {}}
+        return {"active": self.active, "rows": self.rows, "hooks": [], "_groups": {}}
 
 
 class AdapterModule(nn.Module):
@@ -182,16 +205,28 @@ class BottleneckLayer(AdapterModule):
         kind, config = self.kinds[name]
         return kind.combine(self.adapters[name], h, x if kind.reads_input else None, config)
 
+    def _has(self, entry: Entry) -> bool:
+        """Whether a routing entry (a name, a Stack, None) has a module here."""
+        if isinstance(entry, Stack):
+            return any(n in self.adapters for n in entry.names)
+        return isinstance(entry, str) and entry in self.adapters
+
+    def _apply_entry(self, entry: str | Stack, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """An entry's modules here on ``h``; a stack's, one after the other, each reading the previous output."""
+        if isinstance(entry, Stack):
+            for name in entry.names:
+                if name in self.adapters:
+                    h = self._combine(name, h, x)
+            return h
+        return self._combine(entry, h, x)
+
     def _on_output(self, module, args, h: torch.Tensor):  # h: (B, T, d)
         active = self.routing.active
         x, self._sublayer_input = self._sublayer_input, None
-        if active is None:
+        if active is None or self.routing.idle(self.adapters):
             return None
         if isinstance(active, Stack):  # each adapter of the stack that has a module here reads the previous output
-            names = [n for n in active.names if n in self.adapters]
-            for name in names:
-                h = self._combine(name, h, x)
-            return h if names else None
+            return self._apply_entry(active, h, x) if self._has(active) else None
         if isinstance(active, Fuse):
             return self._fuse(active, h, x)
         if not self.routing.mixed:
@@ -218,16 +253,16 @@ class BottleneckLayer(AdapterModule):
         if isinstance(groups[0][1], slice) and not torch.is_grad_enabled():  # inference: write into one output
             out = torch.empty_like(h)
             for name, rows in groups:  # rows of other adapters and of the base model pass unchanged
-                out[rows] = self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
+                out[rows] = self._apply_entry(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
             return out
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
-            pieces = [self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
+            pieces = [self._apply_entry(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
                       for name, rows in groups]
             return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         out = None
         for name, rows in groups:
-            if name in self.adapters:
-                combined = self._combine(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
+            if self._has(name):
+                combined = self._apply_entry(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
                 out = h.clone() if out is None else out
                 out.index_copy_(0, rows, combined)
         return h if out is None else out
@@ -265,6 +300,11 @@ class ModuleCopies(AdapterModule):
     def add(self, name: str, module: nn.Module) -> None:
         self.adapters[name] = module
 
+    def _copy_for(self, entry: Entry) -> nn.Module | None:
+        """The copy a routing entry uses here (a stack uses its last adapter's), or None: the module's own."""
+        name = entry.last if isinstance(entry, Stack) else entry
+        return self.adapters[name] if isinstance(name, str) and name in self.adapters else None
+
     def _swap_in(self, module, args) -> None:
         """One active adapter: the norm runs once, with the adapter's parameters in place of the base
         module's, and ``_on_output`` puts the base ones back. (Re-running a copy after the base norm cost a
@@ -285,19 +325,22 @@ class ModuleCopies(AdapterModule):
             self._restore(module)
             return None
         active = self._owner
-        if active is None:
+        if active is None or self.routing.idle(self.adapters):
             return None
         if not self.routing.mixed:
             return self.adapters[active](*args, **kwargs) if active in self.adapters else None
         x = _first_tensor(args, kwargs)
         self.routing.check_batch(x.shape[0])
         groups = self.routing.groups(x.device)
-        if self.role == "layer_norm" and isinstance(groups[0][1], slice) and _affine_layer_norm(self._base):
+        # A Parallel's norms run per task block, as each task alone would (exact); a mixed batch's in one go.
+        if (self.role == "layer_norm" and isinstance(groups[0][1], slice) and _affine_layer_norm(self._base)
+                and not isinstance(self.routing.active, Parallel)):
             return self._mixed_layer_norm(x, groups)
         pieces = []
         for name, rows in groups:
             take = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, rows))
-            pieces.append((rows, self.adapters[name](take(x)) if name in self.adapters else take(out)))
+            copy_here = self._copy_for(name)
+            pieces.append((rows, take(out) if copy_here is None else copy_here(take(x))))
         # Heads of different tasks may differ in width: pad to the widest (zeros); see mixed.py.
         width = max(p.shape[-1] for _, p in pieces)
         if isinstance(pieces[0][0], slice):
@@ -313,7 +356,8 @@ class ModuleCopies(AdapterModule):
         (weight and bias of its adapter's copy, or the base module's), one fused multiply-add."""
         weights, biases = [], []
         for name, rows in groups:
-            norm = self.adapters[name] if name in self.adapters else self._base
+            norm = self._copy_for(name)
+            norm = self._base if norm is None else norm
             weights.append(norm.weight.expand(rows.stop - rows.start, -1))
             biases.append(norm.bias.expand(rows.stop - rows.start, -1))
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)  # (B, 1, ..., d)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
-from .composition import Average, Fuse, Stack
+from . import parallel
+from .composition import Average, Fuse, Parallel, Stack, adapter_names
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
@@ -317,22 +318,36 @@ def _rollback(model, name, state, new_state, created, touched) -> None:
         del model.__dict__["adapterkit"]
 
 
-def set_active(model: nn.Module, active: str | None | Stack | Fuse | Sequence[str | None]) -> nn.Module:
-    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")`` or a fusion added with
-    ``add_fusion`` (``Fuse("a", "b")``; composition.py), or one name/None per batch row."""
+def set_active(model: nn.Module, active: str | None | Stack | Fuse | Parallel | Sequence[str | Stack | None]) -> nn.Module:
+    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")``, a fusion added with
+    ``add_fusion`` (``Fuse("a", "b")``; fusion.py) or a ``Parallel("a", "b")`` (composition.py, parallel.py),
+    or one entry per batch row: a name, a Stack or None."""
     state = get_state(model) if active is not None else model.__dict__.get("adapterkit")
     if state is None:
         return model
-    names = [active] if active is None or isinstance(active, str) else list(active.names) if isinstance(active, (Stack, Fuse)) else list(active)
-    for n in names:
-        if n is not None:
+    if active is None or isinstance(active, (str, Stack, Fuse, Parallel)):
+        entries = [active]
+    else:
+        entries = list(active)
+        for e in entries:
+            if isinstance(e, (Fuse, Parallel)):
+                raise ValueError(f"a row of a mixed batch takes an adapter name, a Stack or None, not {e!r}; "
+                                 f"activate a {type(e).__name__} for the whole batch: set_active(model, {e!r})")
+    for n in entries:
+        if n is not None and not isinstance(n, (Stack, Fuse, Parallel)):
             _require(model, n)
-    if isinstance(active, Stack):
-        _check_stack(model, active)
+    for n in adapter_names([e for e in entries if isinstance(e, (Stack, Fuse, Parallel))]):
+        _require(model, n)
+    stacks = {e for e in entries if isinstance(e, Stack)} | {m for e in entries if isinstance(e, Parallel)
+                                                             for m in e.members if isinstance(m, Stack)}
+    for stack in stacks:
+        _check_stack(model, stack)
     if isinstance(active, Fuse) and (active.name not in state.fusions or state.fusions[active.name].block != active):
         raise KeyError(f"no fusion {active!r} on this model (fusions: {', '.join(map(repr, (r.block for r in state.fusions.values()))) or 'none'}); "
                        "add it with adapterkit.add_fusion or load it with adapterkit.load_fusion first")
+    hooks = parallel.attach(model, state.spec, state.routing, active) if isinstance(active, Parallel) else []
     state.routing.set(active)
+    state.routing.hooks = hooks
     if state.base_labels is not None:
         owner = state.routing.head_owner
         head = (state.fusions[owner].head if isinstance(active, Fuse) else state.heads[owner]) if isinstance(owner, str) else HeadConfig("own")
@@ -363,13 +378,13 @@ def _check_stack(model: nn.Module, stack: Stack) -> None:
             )
 
 
-def active_adapter(model: nn.Module) -> str | None | tuple[str | None, ...]:
+def active_adapter(model: nn.Module) -> str | None | Stack | Parallel | tuple[str | Stack | None, ...]:
     state = model.__dict__.get("adapterkit")
     return None if state is None else state.routing.active
 
 
 @contextlib.contextmanager
-def use_adapter(model: nn.Module, active: str | None | Sequence[str | None]):
+def use_adapter(model: nn.Module, active: str | None | Stack | Parallel | Sequence[str | Stack | None]):
     """``with use_adapter(model, "sst2"):`` -- activate for the block, then restore what was active."""
     before = active_adapter(model)
     set_active(model, active)
@@ -429,7 +444,7 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
             del model.get_submodule(path.rpartition(".")[0])._modules["adapters"]
     del state.configs[name], state.heads[name]
     active = state.routing.active
-    if active == name or (isinstance(active, tuple) and name in active) or (isinstance(active, Stack) and name in active.names):
+    if name in adapter_names(active):
         set_active(model, None)
     return model
 

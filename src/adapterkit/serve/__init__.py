@@ -6,6 +6,8 @@
 Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   POST   /v1/predict           {"task": "sentiment", "inputs": ["text", ["text", "pair"], ...]}
                                -> {"task", "predictions": [{"label", "scores": {label: prob}} | {"score": x}]}
+  POST   /v1/predict/parallel  {"tasks": ["sentiment", "topic"], "inputs": [...]} -> {"results": [{"task",
+                               "predictions"}, ...]}: every task for every input, one Parallel pass (parallel.py)
   GET    /v1/adapters          the loaded adapters with their heads and label names
   POST   /v1/adapters          {"name", "path"}: load a saved adapter directory while serving (safetensors only,
                                config, limits, fingerprint and checksums checked before anything is allocated;

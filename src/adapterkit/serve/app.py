@@ -35,6 +35,7 @@ from .. import __version__
 from .batcher import Engine
 from .schemas import AdapterInfo, AdapterList, Health, LoadRequest, PredictResponse, Unloaded, errors, predict_request
 from .settings import Conflict, Expired, Forbidden, ServeError, ServeSettings, safe
+from .parallel import add_parallel_route
 from .tasks import parse_adapters, tokenize
 
 log = logging.getLogger("adapterkit.serve")
@@ -259,6 +260,11 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
         name = task.name if task.name in engine.tasks else None  # unloaded meanwhile: its series are gone
         engine.metrics.prediction(name, 200, len(body.inputs), time.perf_counter() - started)
         return {"task": task.name, "predictions": result}
+
+    async def tokenize_async(inputs, max_length):
+        return await asyncio.get_running_loop().run_in_executor(pool, tokenize_here, inputs, max_length)
+
+    add_parallel_route(app, engine, settings, tokenize_async, error)  # POST /v1/predict/parallel (serve/parallel.py)
 
     @app.get("/v1/adapters", response_model=AdapterList)
     async def adapters_list():
