@@ -7,6 +7,7 @@
     ak.set_active(model, None)               # the untouched base model
     ak.set_active(model, ak.Stack("lang", "sst2"))                      # sst2's adapters read lang's output
     ak.add_adapter(model, "avg", ak.Average("sst2", "imdb", weights=[0.5, 0.5]))  # a new, averaged adapter
+    ak.generate_mixed(lm, tok, ["Hi", "Hello"], adapters=["chat", None])  # causal LMs: one adapter per row
 """
 
 from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, LayerStack
@@ -16,6 +17,7 @@ from .config import AdapterConfig, AdapterConfigError
 from .heads import HeadConfig
 from .io import AdapterLoadError, fingerprint, read_adapter_config, save_adapter
 from .export.adapterhub import load_adapter  # io.load_adapter, and directories saved by AdapterHub's adapters
+from .generation import generate_mixed
 from .mixed import predict_mixed
 from .model import (
     active_adapter,
@@ -54,6 +56,7 @@ __all__ = [
     "bottleneck_parameter_count",
     "disable_adapters",
     "fingerprint",
+    "generate_mixed",
     "list_adapters",
     "load_adapter",
     "parameter_groups",
