@@ -218,7 +218,10 @@ def add_generation_routes(app, engine, tokenizer, settings, model_name: str, mod
         except Exception as e:  # noqa: BLE001 - a template that refuses these messages (e.g. role order)
             raise Invalid(f"the chat template refused these messages: {safe(str(e), 300)}", ["body", "messages"]) from None
         field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        max_tokens = body.max_completion_tokens or body.max_tokens or limits.max_tokens
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        if max_tokens is None:  # OpenAI's default: as many as fit (here: up to --max-tokens)
+            room = model_limit - len(ids) if model_limit else limits.max_tokens
+            max_tokens = max(1, min(limits.max_tokens, room))
         budget(field, [ids], ["body", "messages"], max_tokens)
         return await run(body, [ids], max_tokens, adapter, chat=True)
 
