@@ -11,11 +11,12 @@ the loop to that request's first token (a request waits for those before it). Va
 round by round (mixed single hf_loop, mixed single hf_loop ...), medians reported.
 
 Part 2, continuous vs static batching (``adapterkit.serve.decode_loop.DecodeLoop``, no HTTP): a mixed-length
-load, LONG requests of 48 tokens and SHORT requests of 4, arriving together in a burst, on 8 adapters, at
+load, LONG requests of 48 tokens and SHORT requests of 4 (by default), arriving together in a burst, on 8 adapters, at
 most 8 rows running. Static batching runs a batch to its end before anyone joins; continuous lets rows join
 and leave between steps. Reported: p50 / p90 latency (submit -> last token) of the short and the long ones.
 
     python benchmarks/generation.py --threads 2 --reps 3
+    python benchmarks/generation.py --threads 1 --reps 1 --new-tokens 8 --long-tokens 24 --longs 2 --shorts 6
 Writes benchmarks/results/generation.json and prints the tables (the machine is shared: read the ratios).
 """
 
@@ -168,6 +169,32 @@ def continuous_vs_static(model, tok, adapters: int, long_n: int, short_n: int, l
     return out
 
 
+def render(res: dict) -> str:
+    """The two markdown tables of a results JSON (``python benchmarks/generation.py --render``)."""
+    t, b = res["throughput"], res["batching"]
+    lines = [f"SmolLM2-135M-Instruct, fp32, {res['threads']} torch thread(s), batch {res['batch']}, {res['new_tokens']} new "
+             f"tokens per row, {res['adapters']} adapters; run {res['started']}, load average "
+             f"{res['machine']['loadavg_start'][0]:.1f} at start (a shared 2-core machine).", "",
+             "| variant | tokens/s (CPU time) | tokens/s (wall) | time to first token (s) |", "|---|---|---|---|"]
+    names = {"mixed": "8 adapters mixed in one batch", "single": "1 adapter, same batch",
+             "hf_loop": "loop of `generate`, one request at a time"}
+    for k, label in names.items():
+        v = t[k]
+        lines.append(f"| {label} | {v['tok_s_cpu']:.1f} | {v['tok_s_wall']:.1f} | {v['ttft_s']:.2f} |")
+    lines += ["", f"Mixed / single throughput: {t['mixed_vs_single_cpu']:.2f}x (CPU time), "
+              f"{t['mixed_vs_single_wall']:.2f}x (wall).", "",
+              f"Continuous vs static batching: {res.get('longs')} long requests ({res.get('long_tokens')} tokens) and "
+              f"{res.get('shorts')} short ones ({res.get('short_tokens')} tokens) submitted together, 8 adapters, at most "
+              "8 rows running; latency = submit to last token.", "",
+              "| batching | short p50 (s) | short p90 (s) | long p50 (s) | all done (s) | decode steps |",
+              "|---|---|---|---|---|---|"]
+    for mode in ("static", "continuous"):
+        v = b[mode]
+        lines.append(f"| {mode} | {v['short_p50_s']:.1f} | {v['short_p90_s']:.1f} | {v['long_p50_s']:.1f} | "
+                     f"{v['total_s']:.1f} | {v['steps']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
@@ -177,8 +204,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--longs", type=int, default=4)
     p.add_argument("--shorts", type=int, default=12)
+    p.add_argument("--long-tokens", type=int, default=48)
+    p.add_argument("--short-tokens", type=int, default=4)
     p.add_argument("--out", default=str(HERE / "results" / "generation.json"))
+    p.add_argument("--only-batching", action="store_true", help="rerun part 2 only, keeping part 1 of --out")
+    p.add_argument("--render", action="store_true", help="print the tables of --out and exit")
     a = p.parse_args()
+    if a.render:
+        import json
+
+        print(render(json.loads(Path(a.out).read_text())))
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     from report import write_json
@@ -189,13 +225,22 @@ def main() -> None:
                                            "loadavg_start": os.getloadavg()},
            "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": a.batch, "new_tokens": a.new_tokens,
            "adapters": a.adapters}
-    res["throughput"] = throughput(model, tok, a.batch, a.new_tokens, a.reps, a.adapters)
+    if a.only_batching:  # keep the throughput part of an earlier run
+        import json
+
+        earlier = json.loads(Path(a.out).read_text())
+        res.update({k: earlier[k] for k in ("started", "batch", "new_tokens", "throughput")})
+        res["machine"]["loadavg_start"] = earlier["machine"]["loadavg_start"]
+    else:
+        res["throughput"] = throughput(model, tok, a.batch, a.new_tokens, a.reps, a.adapters)
     print({k: (v if not isinstance(v, dict) else {x: y for x, y in v.items() if x != "runs"})
            for k, v in res["throughput"].items()}, flush=True)
-    res["batching"] = continuous_vs_static(model, tok, a.adapters, 48, 4, a.longs, a.shorts)
+    res["batching"] = continuous_vs_static(model, tok, a.adapters, a.long_tokens, a.short_tokens, a.longs, a.shorts)
+    res.update(long_tokens=a.long_tokens, short_tokens=a.short_tokens, longs=a.longs, shorts=a.shorts)
     print(res["batching"], flush=True)
     res["machine"]["loadavg_end"] = os.getloadavg()
     write_json(Path(a.out), res)
+    print(render(res))
 
 
 if __name__ == "__main__":
