@@ -10,6 +10,7 @@
     ak.add_fusion(model, ak.Fuse("sst2", "imdb"), head=2)   # AdapterFusion over frozen adapters
     ak.train_fusion(model, ak.Fuse("sst2", "imdb"))
     ak.set_active(model, ak.Parallel("sst2", "imdb"))                   # B rows in, 2 x B rows out
+    ak.generate_mixed(lm, tok, ["Hi", "Hello"], adapters=["chat", None])  # causal LMs: one adapter per row
 """
 
 from .architectures import PRESETS, ArchitectureError, ArchitectureSpec, LayerStack
@@ -22,6 +23,7 @@ from .export.adapterhub import load_adapter  # io.load_adapter, and directories 
 from .mixed import predict_mixed, predict_parallel, split_parallel
 from .fusion import FusionConfig, add_fusion, fusion_regularization_loss, list_fusions, remove_fusion, train_fusion
 from .fusion_io import load_fusion, save_fusion
+from .generation import generate_mixed
 from .model import (
     active_adapter,
     adapter_parameters,
@@ -64,6 +66,7 @@ __all__ = [
     "disable_adapters",
     "fingerprint",
     "fusion_regularization_loss",
+    "generate_mixed",
     "list_adapters",
     "list_fusions",
     "load_adapter",
