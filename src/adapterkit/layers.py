@@ -3,9 +3,9 @@
 Nothing in the user's model is replaced, subclassed or copied. Each adapted module gets a child named
 ``adapters`` (an :class:`AdapterModule`) and a forward hook that rewrites the module's output:
 
-* :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out; after the dropout that follows the
-  output projection where the model has one, as in adapter-bert); each adapter's kind (``kinds.py``) says
-  how its module meets the output, e.g.
+* :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out), at each adapter's own site: the
+  output projection, or the dropout that follows it where the model has one (``AdapterConfig.site``); each
+  adapter's kind (``kinds.py``) says how its module meets the output, e.g.
       serial   (houlsby, pfeiffer):  h -> h + up(act(down(h)))
       parallel (He et al. 2022):     h -> h + s * up(act(down(x)))   x = the sublayer's input
 * :class:`ModuleCopies` on a layer norm or a task-head module: each adapter owns a copy of the module
@@ -125,29 +125,39 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 class BottleneckLayer(AdapterModule):
-    """Per-adapter modules on one sublayer output, each combined with it as its kind says (``kinds.py``).
-    It hangs on the output projection (so its weights are named after it) and hooks ``output_module``: the
-    projection itself, or the dropout right after it. Kinds that read the sublayer's input get it from a
-    forward pre-hook on ``input_module``, registered only while some adapter here needs it."""
+    """Per-adapter modules on one sublayer output, each combined with it as its kind says (``kinds.py``),
+    each at its own ``AdapterConfig.site``. It hangs on the output projection (so its weights are named after
+    it) and hooks the projection (``before_dropout`` adapters: LN(x + drop(h + f(h)))) and, while some
+    adapter here is ``after_dropout``, the dropout right after it (LN(x + drop(h) + f(drop(h))), adapter-bert's
+    and AdapterHub's order). Without such a dropout (``dropout=None``) every adapter sits on the projection.
+    Kinds that read the sublayer's input get it from a forward pre-hook on ``input_module``, registered only
+    while some adapter here needs it."""
 
     role = "adapter"
 
-    def __init__(self, routing: Routing, output_module: nn.Module):
+    def __init__(self, routing: Routing, projection: nn.Module, dropout: nn.Module | None = None):
         super().__init__(routing)
         self.kinds: dict[str, tuple[AdapterKind, Any]] = {}  # adapter name -> (its kind, its AdapterConfig)
+        self.sites: dict[str, str] = {}  # adapter name -> where it is applied here: "before_dropout" | "after_dropout"
         self._sublayer_input: torch.Tensor | None = None
         self._handles = []
         self._capture_handle = None  # the sublayer-input hook, while some adapter here reads the input
-        self.__dict__["site"] = output_module  # the hooked module (a plain attribute, not a submodule)
-        self._hook(output_module.register_forward_hook, self._on_output)
+        self._dropout_handle = None  # the dropout's hook, while some adapter here is after_dropout
+        self.__dict__["projection"] = projection  # hooked modules: plain attributes, not submodules
+        self.__dict__["dropout"] = dropout
+        self._hook(projection.register_forward_hook, lambda m, args, h: self._rewrite(h, "before_dropout"))
 
     def add(self, name: str, module: nn.Module, kind: AdapterKind, config: Any, input_module: nn.Module | None = None) -> None:
         """Adapter ``name``'s ``module`` of ``kind`` here; ``input_module`` is the sublayer's (for kinds that read it)."""
         self.adapters[name] = module
         self.kinds[name] = (kind, config)
+        self.sites[name] = "after_dropout" if config.site == "after_dropout" and self.dropout is not None else "before_dropout"
         if kind.reads_input and self._capture_handle is None:  # hook the input only while some adapter needs it
             self._capture_handle = input_module.register_forward_pre_hook(self._capture_input, with_kwargs=True)
             self._handles.append(self._capture_handle)
+        if self.sites[name] == "after_dropout" and self._dropout_handle is None:  # likewise the dropout
+            self._dropout_handle = self.dropout.register_forward_hook(lambda m, args, h: self._rewrite(h, "after_dropout"))
+            self._handles.append(self._dropout_handle)
 
     @property
     def reads_input(self) -> bool:
@@ -156,15 +166,22 @@ class BottleneckLayer(AdapterModule):
     def remove(self, name: str) -> None:
         super().remove(name)
         self.kinds.pop(name, None)
+        self.sites.pop(name, None)
         if not self.reads_input and self._capture_handle is not None:  # the last reader here: unhook the input
-            self._capture_handle.remove()
-            self._handles.remove(self._capture_handle)
+            self._unhook(self._capture_handle)
             self._capture_handle = None
             self._sublayer_input = None
+        if "after_dropout" not in self.sites.values() and self._dropout_handle is not None:
+            self._unhook(self._dropout_handle)
+            self._dropout_handle = None
+
+    def _unhook(self, handle) -> None:
+        handle.remove()
+        self._handles.remove(handle)
 
     def detach_hooks(self) -> None:
         super().detach_hooks()
-        self._capture_handle = None
+        self._capture_handle = self._dropout_handle = None
 
     def _capture_input(self, module, args, kwargs):
         if self.reads_input:
@@ -174,43 +191,45 @@ class BottleneckLayer(AdapterModule):
         kind, config = self.kinds[name]
         return kind.combine(self.adapters[name], h, x if kind.reads_input else None, config)
 
-    def _on_output(self, module, args, h: torch.Tensor):  # h: (B, T, d)
+    def _rewrite(self, h: torch.Tensor, site: str):  # h: (B, T, d), the output of the module hooked for ``site``
+        """The hooked module's output with the active adapters that sit at ``site`` applied (None: unchanged)."""
+        x = self._sublayer_input
+        if site == "after_dropout" or self._dropout_handle is None:  # the last hook of the sublayer: let x go
+            self._sublayer_input = None
         active = self.routing.active
-        x, self._sublayer_input = self._sublayer_input, None
         if active is None:
             return None
-        if isinstance(active, Stack):  # each adapter of the stack that has a module here reads the previous output
-            names = [n for n in active.names if n in self.adapters]
+        here = lambda name: name in self.adapters and self.sites[name] == site  # noqa: E731
+        if isinstance(active, Stack):  # each stacked adapter at this site reads the previous one's output
+            names = [n for n in active.names if here(n)]  # (set_active keeps before_dropout ones first)
             for name in names:
                 h = self._combine(name, h, x)
             return h if names else None
         if not self.routing.mixed:
-            return self._combine(active, h, x) if active in self.adapters else None
+            return self._combine(active, h, x) if here(active) else None
         self.routing.check_batch(h.shape[0])
-        return self._apply_mixed(h, x)
-
-    def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """Each row through its own adapter, grouped by adapter. Gathering per-row weights for one batched
-        matmul (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping
-        works for every adapter kind without copying weights per row."""
         groups = self.routing.groups(h.device)
+        return self._apply_mixed(h, x, groups, here) if any(here(n) for n, _ in groups) else None
+
+    def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None, groups, here) -> torch.Tensor:
+        """Each row through its own adapter, grouped by adapter; rows whose adapter sits at the other site
+        (or is the base model's) pass unchanged. Gathering per-row weights for one batched matmul (bmm)
+        measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping works for
+        every adapter kind without copying weights per row."""
         rows_of = lambda t, rows: None if t is None else t[rows]  # noqa: E731
         if isinstance(groups[0][1], slice) and not torch.is_grad_enabled():  # inference: write into one output
             out = torch.empty_like(h)
-            for name, rows in groups:  # rows of other adapters and of the base model pass unchanged
-                out[rows] = self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
+            for name, rows in groups:
+                out[rows] = self._combine(name, h[rows], rows_of(x, rows)) if here(name) else h[rows]
             return out
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
-            pieces = [self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
-                      for name, rows in groups]
+            pieces = [self._combine(name, h[rows], rows_of(x, rows)) if here(name) else h[rows] for name, rows in groups]
             return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        out = None
+        out = h.clone()
         for name, rows in groups:
-            if name in self.adapters:
-                combined = self._combine(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
-                out = h.clone() if out is None else out
-                out.index_copy_(0, rows, combined)
-        return h if out is None else out
+            if here(name):
+                out.index_copy_(0, rows, self._combine(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows)))
+        return out
 
 
 class ModuleCopies(AdapterModule):
