@@ -285,3 +285,21 @@ def test_onnx_export_of_each_adapter_of_a_mixed_site_model(tmp_path, minilm_dir)
     alone = _alone(model, "B", make)
     expected = _run(alone.eval(), "B", batch).numpy()
     assert abs(run_onnx(out / MODEL_FILE, batch)[0] - expected).max() <= 1e-4
+
+
+def test_a_deep_copy_of_a_two_site_model_computes_with_its_own_adapters():
+    """The hooks are bound methods, so a copied model's hooks run the copy's adapters, not the original's."""
+    import copy
+
+    model, inputs = _both(), tiny_inputs("bert")
+    _fix_dropout_masks(model)
+    model.train()
+    clone = copy.deepcopy(model)
+    expected = {n: _run(model, n, inputs) for n in "AB"}
+    with torch.no_grad():  # move the original's adapters: the copy must not notice
+        for name in "AB":
+            for p in ak.adapter_parameters(model, name):
+                p.mul_(3)
+    for name in "AB":
+        assert torch.equal(_run(clone, name, inputs), expected[name]), name
+        assert not torch.equal(_run(model, name, inputs), expected[name]), name

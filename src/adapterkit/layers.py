@@ -145,7 +145,7 @@ class BottleneckLayer(AdapterModule):
         self._dropout_handle = None  # the dropout's hook, while some adapter here is after_dropout
         self.__dict__["projection"] = projection  # hooked modules: plain attributes, not submodules
         self.__dict__["dropout"] = dropout
-        self._hook(projection.register_forward_hook, lambda m, args, h: self._rewrite(h, "before_dropout"))
+        self._hook(projection.register_forward_hook, self._on_projection)
 
     def add(self, name: str, module: nn.Module, kind: AdapterKind, config: Any, input_module: nn.Module | None = None) -> None:
         """Adapter ``name``'s ``module`` of ``kind`` here; ``input_module`` is the sublayer's (for kinds that read it)."""
@@ -156,7 +156,7 @@ class BottleneckLayer(AdapterModule):
             self._capture_handle = input_module.register_forward_pre_hook(self._capture_input, with_kwargs=True)
             self._handles.append(self._capture_handle)
         if self.sites[name] == "after_dropout" and self._dropout_handle is None:  # likewise the dropout
-            self._dropout_handle = self.dropout.register_forward_hook(lambda m, args, h: self._rewrite(h, "after_dropout"))
+            self._dropout_handle = self.dropout.register_forward_hook(self._on_dropout)
             self._handles.append(self._dropout_handle)
 
     @property
@@ -190,6 +190,14 @@ class BottleneckLayer(AdapterModule):
     def _combine(self, name: str, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         kind, config = self.kinds[name]
         return kind.combine(self.adapters[name], h, x if kind.reads_input else None, config)
+
+    # Bound methods, not lambdas, as hooks: copy.deepcopy and pickle of the model then keep them pointing at
+    # the copy's holder.
+    def _on_projection(self, module, args, h: torch.Tensor):
+        return self._rewrite(h, "before_dropout")
+
+    def _on_dropout(self, module, args, h: torch.Tensor):
+        return self._rewrite(h, "after_dropout")
 
     def _rewrite(self, h: torch.Tensor, site: str):  # h: (B, T, d), the output of the module hooked for ``site``
         """The hooked module's output with the active adapters that sit at ``site`` applied (None: unchanged)."""
