@@ -28,8 +28,9 @@ def _model(placement="houlsby", seed=0):
 def _site_io(model, inputs, holder):
     """The sublayer output h (before our hook) and the hooked output (after it) at ``holder``'s site."""
     seen = {}
-    handles = [holder.site.register_forward_hook(lambda m, a, out: seen.setdefault("h", out), prepend=True),
-               holder.site.register_forward_hook(lambda m, a, out: seen.setdefault("out", out))]
+    hooked = holder.dropout if "after_dropout" in holder.sites.values() else holder.projection
+    handles = [hooked.register_forward_hook(lambda m, a, out: seen.setdefault("h", out), prepend=True),
+               hooked.register_forward_hook(lambda m, a, out: seen.setdefault("out", out))]
     with torch.no_grad():
         model(**inputs)
     for handle in handles:

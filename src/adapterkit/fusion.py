@@ -190,6 +190,9 @@ def _sites(model: nn.Module, block: Fuse) -> list[tuple[str, BottleneckLayer, in
             raise ValueError(f"{block!r}: adapters {block.names[0]!r} and {n!r} sit at different sites (placement "
                              f"{configs[0].placement} layers {configs[0].layers} vs {c.placement} layers {c.layers}); "
                              "fuse adapters with the same placement and layers")
+        if c.site != configs[0].site:  # one attention per site: the fused branches must read the same output
+            raise ValueError(f"{block!r}: adapter {block.names[0]!r} reads its sublayer {configs[0].site} and {n!r} "
+                             f"{c.site}; fuse adapters trained with the same AdapterConfig.site")
     sites = []
     for path, holder in adapter_modules(model):
         if isinstance(holder, BottleneckLayer) and any(n in holder.adapters for n in block.names):

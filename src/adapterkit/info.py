@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import AdapterConfig
 from .io import read_adapter_config
 from .methods import RUN_META_FILE, read_result_meta
 
@@ -21,7 +22,8 @@ def describe(directory: str | Path) -> str:
         config = read_adapter_config(directory)  # checked by the library: AdapterLoadError if hostile
         c = config["config"]
         lines.append(f"  adapter    size {c['size']}, placement {c['placement']}, activation {c['activation']}, "
-                     f"layers {c['layers'] or 'all'}, layer norms {'trained' if c['train_layer_norms'] else 'shared'}")
+                     f"layers {c['layers'] or 'all'}, layer norms {'trained' if c['train_layer_norms'] else 'shared'}, "
+                     f"site {AdapterConfig.from_saved(c).site}")
         head = config["head"]
         lines.append(f"  head       {head['kind']}" + (f", labels {head['labels']}" if head.get("labels") else ""))
         base = config["base_model"]

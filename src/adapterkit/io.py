@@ -234,7 +234,7 @@ def load_checked(model: nn.Module, directory, real_dir: str, real_root: str | No
     """:func:`load_adapter` once the directory is resolved and its config read and checked (``check_meta``)."""
     shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
     name = meta["name"] if name is None else name
-    config = AdapterConfig.from_dict(meta["config"])
+    config = AdapterConfig.from_saved(meta["config"])
     head = HeadConfig.coerce(meta["head"], model_has_head=True)
     if check_base:
         _check_fingerprint(directory, meta["base_model"], fingerprint(model))

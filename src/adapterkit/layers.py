@@ -3,9 +3,9 @@
 Nothing in the user's model is replaced, subclassed or copied. Each adapted module gets a child named
 ``adapters`` (an :class:`AdapterModule`) and a forward hook that rewrites the module's output:
 
-* :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out; after the dropout that follows the
-  output projection where the model has one, as in adapter-bert); each adapter's kind (``kinds.py``) says
-  how its module meets the output, e.g.
+* :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out), at each adapter's own site: the
+  output projection, or the dropout that follows it where the model has one (``AdapterConfig.site``); each
+  adapter's kind (``kinds.py``) says how its module meets the output, e.g.
       serial   (houlsby, pfeiffer):  h -> h + up(act(down(h)))
       parallel (He et al. 2022):     h -> h + s * up(act(down(x)))   x = the sublayer's input
 * :class:`ModuleCopies` on a layer norm or a task-head module: each adapter owns a copy of the module
@@ -153,30 +153,40 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 class BottleneckLayer(AdapterModule):
-    """Per-adapter modules on one sublayer output, each combined with it as its kind says (``kinds.py``).
-    It hangs on the output projection (so its weights are named after it) and hooks ``output_module``: the
-    projection itself, or the dropout right after it. Kinds that read the sublayer's input get it from a
-    forward pre-hook on ``input_module``, registered only while some adapter here needs it."""
+    """Per-adapter modules on one sublayer output, each combined with it as its kind says (``kinds.py``),
+    each at its own ``AdapterConfig.site``. It hangs on the output projection (so its weights are named after
+    it) and hooks the projection (``before_dropout`` adapters: LN(x + drop(h + f(h)))) and, while some
+    adapter here is ``after_dropout``, the dropout right after it (LN(x + drop(h) + f(drop(h))), adapter-bert's
+    and AdapterHub's order). Without such a dropout (``dropout=None``) every adapter sits on the projection.
+    Kinds that read the sublayer's input get it from a forward pre-hook on ``input_module``, registered only
+    while some adapter here needs it."""
 
     role = "adapter"
 
-    def __init__(self, routing: Routing, output_module: nn.Module):
+    def __init__(self, routing: Routing, projection: nn.Module, dropout: nn.Module | None = None):
         super().__init__(routing)
         self.kinds: dict[str, tuple[AdapterKind, Any]] = {}  # adapter name -> (its kind, its AdapterConfig)
         self.fusions = nn.ModuleDict()  # fusion name -> its attention here (fusion.FusionLayer)
+        self.sites: dict[str, str] = {}  # adapter name -> where it is applied here: "before_dropout" | "after_dropout"
         self._sublayer_input: torch.Tensor | None = None
         self._handles = []
         self._capture_handle = None  # the sublayer-input hook, while some adapter here reads the input
-        self.__dict__["site"] = output_module  # the hooked module (a plain attribute, not a submodule)
-        self._hook(output_module.register_forward_hook, self._on_output)
+        self._dropout_handle = None  # the dropout's hook, while some adapter here is after_dropout
+        self.__dict__["projection"] = projection  # hooked modules: plain attributes, not submodules
+        self.__dict__["dropout"] = dropout
+        self._hook(projection.register_forward_hook, self._on_projection)
 
     def add(self, name: str, module: nn.Module, kind: AdapterKind, config: Any, input_module: nn.Module | None = None) -> None:
         """Adapter ``name``'s ``module`` of ``kind`` here; ``input_module`` is the sublayer's (for kinds that read it)."""
         self.adapters[name] = module
         self.kinds[name] = (kind, config)
+        self.sites[name] = "after_dropout" if config.site == "after_dropout" and self.dropout is not None else "before_dropout"
         if kind.reads_input and self._capture_handle is None:  # hook the input only while some adapter needs it
             self._capture_handle = input_module.register_forward_pre_hook(self._capture_input, with_kwargs=True)
             self._handles.append(self._capture_handle)
+        if self.sites[name] == "after_dropout" and self._dropout_handle is None:  # likewise the dropout
+            self._dropout_handle = self.dropout.register_forward_hook(self._on_dropout)
+            self._handles.append(self._dropout_handle)
 
     @property
     def reads_input(self) -> bool:
@@ -187,15 +197,22 @@ class BottleneckLayer(AdapterModule):
         self.kinds.pop(name, None)
         if name in self.fusions:
             del self.fusions[name]
+        self.sites.pop(name, None)
         if not self.reads_input and self._capture_handle is not None:  # the last reader here: unhook the input
-            self._capture_handle.remove()
-            self._handles.remove(self._capture_handle)
+            self._unhook(self._capture_handle)
             self._capture_handle = None
             self._sublayer_input = None
+        if "after_dropout" not in self.sites.values() and self._dropout_handle is not None:
+            self._unhook(self._dropout_handle)
+            self._dropout_handle = None
+
+    def _unhook(self, handle) -> None:
+        handle.remove()
+        self._handles.remove(handle)
 
     def detach_hooks(self) -> None:
         super().detach_hooks()
-        self._capture_handle = None
+        self._capture_handle = self._dropout_handle = None
 
     def _capture_input(self, module, args, kwargs):
         if self.reads_input:
@@ -205,34 +222,48 @@ class BottleneckLayer(AdapterModule):
         kind, config = self.kinds[name]
         return kind.combine(self.adapters[name], h, x if kind.reads_input else None, config)
 
-    def _has(self, entry: Entry) -> bool:
-        """Whether a routing entry (a name, a Stack, None) has a module here."""
-        if isinstance(entry, Stack):
-            return any(n in self.adapters for n in entry.names)
-        return isinstance(entry, str) and entry in self.adapters
+    # Bound methods, not lambdas, as hooks: copy.deepcopy and pickle of the model then keep them pointing at
+    # the copy's holder.
+    def _on_projection(self, module, args, h: torch.Tensor):
+        return self._rewrite(h, "before_dropout")
 
-    def _apply_entry(self, entry: str | Stack, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """An entry's modules here on ``h``; a stack's, one after the other, each reading the previous output."""
+    def _on_dropout(self, module, args, h: torch.Tensor):
+        return self._rewrite(h, "after_dropout")
+
+    def _rewrite(self, h: torch.Tensor, site: str):  # h: (B, T, d), the output of the module hooked for ``site``
+        """The hooked module's output with the active adapters that sit at ``site`` applied (None: unchanged)."""
+        x = self._sublayer_input
+        if site == "after_dropout" or self._dropout_handle is None:  # the last hook of the sublayer: let x go
+            self._sublayer_input = None
+        active = self.routing.active
+        if active is None or self.routing.idle(self.adapters):
+            return None
+        if isinstance(active, Fuse):  # the fused adapters share one site (add_fusion checks)
+            return self._fuse(active, h, x) if any(self._here(n, site) for n in active.names) else None
+        if not self.routing.mixed:  # one adapter or one Stack for the whole batch
+            return self._apply_entry(active, h, x, site) if self._has(active, site) else None
+        self.routing.check_batch(h.shape[0])
+        groups = self.routing.groups(h.device)
+        return self._apply_mixed(h, x, groups, site) if any(self._has(n, site) for n, _ in groups) else None
+
+    def _here(self, name: str, site: str) -> bool:
+        return name in self.adapters and self.sites[name] == site
+
+    def _has(self, entry: Entry, site: str) -> bool:
+        """Whether a routing entry (a name, a Stack, None) has a module here at ``site``."""
+        if isinstance(entry, Stack):
+            return any(self._here(n, site) for n in entry.names)
+        return isinstance(entry, str) and self._here(entry, site)
+
+    def _apply_entry(self, entry: str | Stack, h: torch.Tensor, x: torch.Tensor | None, site: str) -> torch.Tensor:
+        """An entry's modules at ``site`` on ``h``; a stack's one after the other, each reading the previous
+        output (set_active keeps a stack's before_dropout adapters first)."""
         if isinstance(entry, Stack):
             for name in entry.names:
-                if name in self.adapters:
+                if self._here(name, site):
                     h = self._combine(name, h, x)
             return h
         return self._combine(entry, h, x)
-
-    def _on_output(self, module, args, h: torch.Tensor):  # h: (B, T, d)
-        active = self.routing.active
-        x, self._sublayer_input = self._sublayer_input, None
-        if active is None or self.routing.idle(self.adapters):
-            return None
-        if isinstance(active, Stack):  # each adapter of the stack that has a module here reads the previous output
-            return self._apply_entry(active, h, x) if self._has(active) else None
-        if isinstance(active, Fuse):
-            return self._fuse(active, h, x)
-        if not self.routing.mixed:
-            return self._combine(active, h, x) if active in self.adapters else None
-        self.routing.check_batch(h.shape[0])
-        return self._apply_mixed(h, x)
 
     def _fuse(self, block: Fuse, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor | None:
         """AdapterHub's ``compose_fuse``: query and residual are the sublayer output h, keys and values the
@@ -244,29 +275,27 @@ class BottleneckLayer(AdapterModule):
         ups = torch.stack(branches).permute(1, 2, 0, 3)  # (N, B, T, d) -> (B, T, N, d)
         return self.fusions[block.name](h, ups, h)
 
-    def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """Each row through its own adapter, grouped by adapter. Gathering per-row weights for one batched
-        matmul (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping
-        works for every adapter kind without copying weights per row."""
-        groups = self.routing.groups(h.device)
+    def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None, groups, site: str) -> torch.Tensor:
+        """Each row through its own entry (a name or a Stack), grouped by entry; rows whose adapter sits at the
+        other site (or is the base model's) pass unchanged. Gathering per-row weights for one batched matmul
+        (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping works for
+        every adapter kind without copying weights per row."""
         rows_of = lambda t, rows: None if t is None else t[rows]  # noqa: E731
+        apply = lambda name, rows, hr, xr: self._apply_entry(name, hr, xr, site) if self._has(name, site) else hr  # noqa: E731
         if isinstance(groups[0][1], slice) and not torch.is_grad_enabled():  # inference: write into one output
             out = torch.empty_like(h)
-            for name, rows in groups:  # rows of other adapters and of the base model pass unchanged
-                out[rows] = self._apply_entry(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
+            for name, rows in groups:
+                out[rows] = apply(name, rows, h[rows], rows_of(x, rows))
             return out
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
-            pieces = [self._apply_entry(name, h[rows], rows_of(x, rows)) if self._has(name) else h[rows]
-                      for name, rows in groups]
+            pieces = [apply(name, rows, h[rows], rows_of(x, rows)) for name, rows in groups]
             return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        out = None
+        out = h.clone()
         for name, rows in groups:
-            if self._has(name):
-                combined = self._apply_entry(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
-                out = h.clone() if out is None else out
-                out.index_copy_(0, rows, combined)
-        return h if out is None else out
-
+            if self._has(name, site):
+                out.index_copy_(0, rows, self._apply_entry(name, h.index_select(0, rows),
+                                                           None if x is None else x.index_select(0, rows), site))
+        return out
 
 class ModuleCopies(AdapterModule):
     """Per-adapter copies of a layer norm or a task head; an adapter's copy replaces the module's output."""

@@ -104,14 +104,13 @@ def _output_dim(module: nn.Module) -> int:
     raise ValueError(f"cannot tell the output width of {type(module).__name__}; use an nn.Linear output projection")
 
 
-def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
-    """(output projection, the module whose output the adapter rewrites, sublayer input module) for each
-    sublayer its kind (``config.kind.sublayers``) puts a module on. The holder hangs on the projection (its
-    state-dict keys name it), the hook on the dropout after it for ``site="after_dropout"`` where there is one."""
-    after = config.site == "after_dropout"
-    sites = {"attention": (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input),
-             "ffn": (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)}
-    return [sites[sublayer] for sublayer in config.kind.sublayers]
+def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module | None, nn.Module]]:
+    """(output projection, the dropout right after it or None, sublayer input module) for each sublayer its
+    kind (``config.kind.sublayers``) puts a module on. The holder hangs on the projection (its state-dict keys
+    name it) and applies each adapter at its own site (``layers.BottleneckLayer``)."""
+    sites = {"attention": (layer.attention_output, layer.attention_site, layer.attention_input),
+             "ffn": (layer.ffn_output, layer.ffn_site, layer.ffn_input)}
+    return [(out, None if dropout is out else dropout, inp) for out, dropout, inp in (sites[s] for s in config.kind.sublayers)]
 
 
 @dataclass
@@ -120,7 +119,7 @@ class _Plan:
     allocated: the steps in order, and the state-dict shapes the new adapter's tensors will have."""
 
     head: HeadConfig
-    steps: list[tuple]  # ("bottleneck", output projection, hooked site, input module, d) | ("norm", module)
+    steps: list[tuple]  # ("bottleneck", output projection, its dropout or None, input module, d) | ("norm", module)
     #                     | ("head", module, resize)
     shapes: dict[str, tuple[int, ...]]  # key without the adapter's name (as in an adapter file) -> shape
 
@@ -152,14 +151,14 @@ def _plan(model: nn.Module, spec: ArchitectureSpec, config: AdapterConfig, head)
     for index, layer in enumerate(layers):
         if config.layers is not None and index not in config.layers:
             continue
-        for output_module, site, input_module in _sublayers(layer, config):
+        for output_module, dropout, input_module in _sublayers(layer, config):
             d = _output_dim(output_module)
             m = config.bottleneck_size(d)
             if m > MAX_SIZE_FACTOR * d:
                 raise AdapterConfigError(
                     f"bottleneck size {m} is over {MAX_SIZE_FACTOR}x the hidden size {d} of {paths[id(output_module)]}; "
                     f"use a size of at most {MAX_SIZE_FACTOR * d} (adapters are usually 8 to 256 wide)")
-            steps.append(("bottleneck", output_module, site, input_module, d))
+            steps.append(("bottleneck", output_module, dropout, input_module, d))
             expect(output_module, config.kind.shapes(config, d))
         if config.train_layer_norms:
             for norm in layer.layer_norms:
@@ -274,14 +273,11 @@ def _insert(model: nn.Module, name: str, config: AdapterConfig, head, spec: Arch
 def _build(model, name, config, plan, routing, created, touched) -> None:
     for step in plan.steps:
         if step[0] == "bottleneck":
-            _, output_module, site, input_module, d = step
+            _, output_module, dropout, input_module, d = step
             reference = next(output_module.parameters())
             module = config.kind.build(config, d)
             module.to(device=reference.device, dtype=reference.dtype)
-            holder = _holder(output_module, lambda s=site: BottleneckLayer(routing, s), created)
-            if holder.site is not site:
-                raise ValueError(f"this model's adapters read their sublayer's output at another site than site="
-                                 f"{config.site!r}; give every adapter of one model the same AdapterConfig.site")
+            holder = _holder(output_module, lambda o=output_module, p=dropout: BottleneckLayer(routing, o, p), created)
             touched.append(holder)
             holder.add(name, module, config.kind, config, input_module)
         elif step[0] == "norm":
@@ -356,7 +352,11 @@ def set_active(model: nn.Module, active: str | None | Stack | Fuse | Parallel | 
 
 
 def _check_stack(model: nn.Module, stack: Stack) -> None:
-    """Refuse a stack in which an adapter whose branch reads the sublayer's input (a parallel kind) shares a
+    """Refuse a stack that lists an ``after_dropout`` adapter before a ``before_dropout`` one at a sublayer
+    where both sit and the sites differ: each stacked adapter runs at its own site, in the stack's order,
+    and the projection's output exists before its dropout's, so that order cannot be kept.
+
+    Refuse a stack in which an adapter whose branch reads the sublayer's input (a parallel kind) shares a
     site with another adapter of the stack. AdapterHub's Stack (adapters 1.3, ``BottleneckLayer.compose_stack``)
     gives every parallel adapter the sublayer's input again, not the previous adapter's output, and its
     ``post_forward`` adds only the last adapter's result: Stack(a, b) of two parallel adapters computes b alone
@@ -367,6 +367,14 @@ def _check_stack(model: nn.Module, stack: Stack) -> None:
         if not isinstance(holder, BottleneckLayer):
             continue
         here = [n for n in stack.names if n in holder.adapters]
+        at_dropout = [holder.sites[n] == "after_dropout" for n in here]
+        if at_dropout != sorted(at_dropout):  # an after_dropout adapter before a before_dropout one
+            first = at_dropout.index(True)
+            late, early = here[first], here[at_dropout.index(False, first)]
+            raise ValueError(
+                f"{stack!r}: {early!r} (site before_dropout) cannot follow {late!r} (site after_dropout) at "
+                f"{path.removesuffix('.adapters')}: each stacked adapter runs at its own site, and the output "
+                "projection comes before its dropout; put the before_dropout adapters first in the stack")
         readers = [n for n in here if holder.kinds[n][0].reads_input]
         if len(here) > 1 and readers:
             reader, others = readers[0], [n for n in here if n != readers[0]]

@@ -38,7 +38,7 @@ from .checkpoint import STEPS, Checkpoint, _load_trainable, crash_point
 from .data import load_task
 from .evaluation import HeadMismatchError, build_features, evaluate
 from .features import collate, loss_sum, model_inputs, target_count
-from .config import MAX_SIZE_FACTOR, AdapterConfig
+from .config import MAX_SIZE_FACTOR, SITE_WHEN_UNRECORDED, AdapterConfig
 from .methods import (ADAPTER_OPTIONS, MethodConfig, count_parameters, extra_loss, head_parameters, prepare, save_result,
                       trainable_state, with_adapter_options)
 from .models import MODELS, load_model
@@ -140,6 +140,7 @@ class TrainConfig(MethodConfig):
         defaults.update({keyword: getattr(MethodConfig(), keyword) for keyword in ADAPTER_OPTIONS})
         defaults.update({f"adapter_{f.name}": getattr(adapter, f.name) for f in fields(AdapterConfig)
                          if f.name not in ADAPTER_OPTIONS.values()})
+        defaults["site"] = SITE_WHEN_UNRECORDED  # runs recorded before --site existed hooked the projection
         return defaults
 
 
