@@ -22,14 +22,19 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
           max_inputs: int = 64, max_length: int = 256, max_chars: int = 20_000, max_body_bytes: int = 8 << 20,
           request_timeout: float = 30.0, tokenize_threads: int = 2, read_only: bool = False,
           threads: int | None = None, log_level: str = "info", access_log: bool = False,
-          adapter_root: str | Sequence[str] | None = None) -> None:
+          adapter_root: str | Sequence[str] | None = None, adapter_store: str | None = None,
+          max_loaded: int | None = None, max_adapter_memory: int | None = None) -> None:
     """Load ``model`` (an alias such as ``minilm``, or a model directory) with ``adapters`` ("name=dir") and
     serve until interrupted. ``port=0`` picks a free port; the bound address is printed on stdout.
 
     Hot loading (``POST /v1/adapters``) accepts any directory on the server unless ``adapter_root`` (one
     directory or several) or ``read_only`` is given: with ``adapter_root``, only directories that resolve
     (symlinks followed) inside one of those roots are loaded, others get 403, and every file is checked again
-    when it is read (its real path must stay inside the root); ``read_only`` refuses all."""
+    when it is read (its real path must stay inside the root); ``read_only`` refuses all.
+
+    ``adapter_store`` (a directory tree of saved adapters) makes each adapter in it servable by name, loaded
+    on first use and evicted least-recently-used beyond ``max_loaded`` adapters or ``max_adapter_memory``
+    bytes (:mod:`.residency`)."""
     import uvicorn
 
     from ..models import load_model
@@ -43,7 +48,8 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
                              max_body_bytes=max_body_bytes, request_timeout_s=request_timeout,
                              tokenize_threads=tokenize_threads, read_only=read_only, adapter_roots=adapter_root or ())
     net, tokenizer = load_model(model, kind="classification")
-    app = create_app(net, tokenizer, adapters, settings, model_name=model)
+    app = create_app(net, tokenizer, adapters, settings, model_name=model, store=adapter_store,
+                     max_loaded=max_loaded, max_memory=max_adapter_memory)
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,6 +62,15 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
           f"{', '.join(tasks) or 'none'})", flush=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _memory(text: str) -> int:
+    from .residency import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -85,6 +100,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="hot loading accepts only directories that resolve (symlinks followed) inside DIR, and "
                    "only files whose real paths stay inside it; others get 403/400 (repeatable). Without it any "
                    "directory on the server can be loaded")
+    p.add_argument("--adapter-store", default=None, metavar="DIR",
+                   help="serve every adapter saved under DIR (a tree) by name, loading it on first use: "
+                   "DIR/a/b-c/ is task a--b-c. See --max-loaded")
+    p.add_argument("--max-loaded", type=int, default=None, metavar="N",
+                   help="with --adapter-store: at most N stored adapters in memory; the least recently used "
+                   "one not in use is evicted between batches (default: no limit)")
+    p.add_argument("--max-adapter-memory", type=_memory, default=None, metavar="SIZE",
+                   help="with --adapter-store: at most SIZE (e.g. 512MB, 2GiB) of stored adapters' tensors in "
+                   "memory, evicted as --max-loaded")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true")
