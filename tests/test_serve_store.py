@@ -22,7 +22,7 @@ from serve_helpers import perturb, tiny_model_dir
 
 import adapterkit as ak
 from adapterkit.models import load_model
-from adapterkit.serve import Engine, ServeSettings, create_app
+from adapterkit.serve import Engine, ServeSettings, create_app, tokenize
 from adapterkit.serve.residency import Residency, parse_bytes
 from adapterkit.serve.store import DirectoryStore, UnknownAdapter
 
@@ -167,6 +167,31 @@ def test_pinned_adapter_is_never_evicted_and_overflow_goes_once_released(engine,
     r.stop()
 
 
+def test_a_cold_load_does_not_stall_resident_tasks(engine, world):
+    """While a (slow) cold load is read on the loader thread, a resident task's requests are answered."""
+    gate = threading.Event()
+
+    class SlowStore(DirectoryStore):
+        def locate(self, name):
+            if name == "t1":
+                gate.wait(30)  # the cold adapter's read takes as long as the test wants
+            return super().locate(name)
+
+    r = Residency(engine, SlowStore(world["store"]), max_loaded=4)
+    use(r, "t0")
+    cold = r.acquire("t1")
+    for _ in range(3):
+        task = r.acquire("t0").result(timeout=30)
+        out = engine.submit("t0", tokenize(world["tok"], TEXTS, task.max_length)).result(timeout=30)
+        r.release("t0")
+        assert len(out) == len(TEXTS) and not cold.done()
+    gate.set()
+    assert cold.result(timeout=30).name == "t1"
+    r.release("t1")
+    assert r.resident() == ["t0", "t1"] and (r.hits, r.misses) == (3, 2)
+    r.stop()
+
+
 def test_unknown_and_broken_stored_adapters(engine, world, tmp_path):
     shutil.copytree(world["store"] / "t0", tmp_path / "ok")
     shutil.copytree(world["store"] / "t0", tmp_path / "broken")
@@ -291,3 +316,40 @@ def test_concurrent_requests_loads_unloads_and_evictions_give_the_all_resident_a
     loads = int(re.search(r'adapterkit_store_loads_total\{result="ok"\} (\d+)', metrics).group(1))
     assert evictions > 0 and loads > len(names)
     assert 'adapterkit_store_loads_total{result="failed"} 0' in metrics
+
+
+def test_cli_serves_a_store_over_http(world, tmp_path):
+    """``python -m adapterkit.serve --adapter-store DIR --max-loaded 1`` on loopback: two stored adapters in
+    turn (each evicts the other), answers equal to the reference, the store counted in /metrics."""
+    import httpx
+    from serve_helpers import Server
+
+    s = Server(["--model", str(world["model_dir"]), "--adapter-store", str(world["store"]), "--max-loaded", "1",
+                "--max-adapter-memory", "64MB", "--log-level", "warning", "--threads", "1"], tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            for name in ("t2", "team-b--deep--t6", "t2"):
+                r = c.post("/v1/predict", json={"task": name, "inputs": TEXTS})
+                assert r.status_code == 200, r.text
+                assert_same(world, name, TEXTS, r.json())
+            assert c.post("/v1/predict", json={"task": "../t2", "inputs": ["x"]}).status_code == 404
+            store = c.get("/v1/adapters").json()["store"]
+            assert store["resident"] == ["t2"] and store["max_memory_bytes"] == 64 * 10**6
+            metrics = c.get("/metrics").text
+            assert 'adapterkit_store_loads_total{result="ok"} 3' in metrics
+            assert "adapterkit_store_evictions_total 2" in metrics
+    finally:
+        assert s.stop() is not None
+
+
+@pytest.mark.parametrize("args, message", [(["--max-adapter-memory", "lots"], "cannot read 'lots' as a memory size"),
+                                           (["--max-loaded", "0", "--adapter-store", "."], "max_loaded must be >= 1"),
+                                           (["--adapter-store", "/nonexistent/store"], "cannot be opened")])
+def test_cli_refuses_bad_store_options(world, capsys, args, message):
+    from adapterkit.serve import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(world["model_dir"]), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err

@@ -290,4 +290,5 @@ def check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any])
                                "); load it into the model it was trained on, or pass check_base=False")
 
 
-__all__ = ["AdapterLoadError", "adapter_shape", "check_fingerprint", "fingerprint", "insert_tensors", "load_adapter", "read_adapter_config", "read_checked_weights", "save_adapter"]
+__all__ = ["AdapterLoadError", "adapter_shape", "check_fingerprint", "fingerprint", "insert_tensors", "load_adapter",
+           "read_adapter_config", "read_checked_weights", "save_adapter"]

@@ -16,6 +16,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   DELETE /v1/adapters/{name}   unload
   GET    /healthz              200 while the worker is alive
   GET    /metrics              Prometheus text: requests, inputs, batches, batch sizes, tasks per batch, latency
+                               (with ``--adapter-store DIR``: every adapter under DIR is servable by name,
+                               loaded on first use, LRU-evicted beyond ``--max-loaded``; see residency.py)
 
 How it works. One worker thread owns the model. HTTP handlers validate a request, check every limit (inputs,
 characters, room in the queue), tokenise it on a small thread pool, then queue it and wait until its deadline
@@ -45,6 +47,8 @@ The modules, in reading order:
   tasks.py      a loaded adapter as a Task; ``NAME=DIR`` specs, tokenising inputs, formatting predictions
   metrics.py    counters and histograms rendered as Prometheus text
   batcher.py    Engine: the FIFO, the worker thread, dynamic batching, load/unload between batches
+  store.py      AdapterStore / DirectoryStore: saved adapters addressable by name without loading them
+  residency.py  ``--adapter-store``: load on first use off the worker, LRU eviction between batches, pins
   schemas.py    the pydantic request and response bodies
   app.py        create_app: the FastAPI routes around an Engine
   server.py     serve() (load, bind, run uvicorn) and main() (argparse); __main__.py runs main()

@@ -126,8 +126,9 @@ class Residency:
                                                max(0.0, deadline - time.perf_counter()))
         except asyncio.TimeoutError:
             hold.release()
-            raise Expired(f"adapter {name!r} was still loading at the request's deadline "
-                          f"({self.engine.settings.request_timeout_s:g} s); retry later", {"Retry-After": "1"}) from None
+            waited = self.engine.settings.request_timeout_s
+            raise Expired(f"adapter {name!r} was still loading at the request's deadline ({waited:g} s); retry later",
+                          {"Retry-After": "1"}) from None
         except BaseException:
             hold.release()
             raise
