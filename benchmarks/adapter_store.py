@@ -253,13 +253,16 @@ def main(argv=None) -> None:
 
 
 def render(report: dict) -> str:
-    lines = ["| --max-loaded | working set / max-loaded | req/s | vs all-resident | p50 ms | p99 ms | hit rate | "
-             "loads | mean load ms | wrong | failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| adapters | --max-loaded | store / max-loaded | requested / max-loaded | req/s | vs all-resident | "
+             "p50 ms | p99 ms | hit rate | loads | mean load ms | wrong | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         label = f"{r['max_loaded']} (all resident)" if r["all_resident"] else str(r["max_loaded"])
+        store = report["adapters"] / r["max_loaded"]
         ws = report["distinct_adapters_requested"] / r["max_loaded"]
         mean = "-" if r["mean_load_ms"] is None else f"{r['mean_load_ms']:.0f}"
-        lines.append(f"| {label} | {ws:.1f}x | {r['requests_per_s']:.1f} | {r['throughput_vs_all_resident']:.2f}x | "
+        lines.append(f"| {report['adapters']} | {label} | {store:.1f}x | {ws:.1f}x | {r['requests_per_s']:.2f} | "
+                     f"{r['throughput_vs_all_resident']:.2f}x | "
                      f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['hit_rate']:.2f} | {r['loads']} | {mean} | "
                      f"{r['wrong']} | {r['failed']} |")
     cold = [r["cold_load_ms"] for r in report["runs"] if r["cold_load_ms"]]
