@@ -232,16 +232,30 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
 def load_checked(model: nn.Module, directory, real_dir: str, real_root: str | None, meta: dict[str, Any],
                  name: str | None = None, check_base: bool = True) -> str:
     """:func:`load_adapter` once the directory is resolved and its config read and checked (``check_meta``)."""
-    shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
     name = meta["name"] if name is None else name
-    config = AdapterConfig.from_saved(meta["config"])
-    head = HeadConfig.coerce(meta["head"], model_has_head=True)
+    config, head = adapter_shape(meta)
     if check_base:
-        _check_fingerprint(directory, meta["base_model"], fingerprint(model))
+        check_fingerprint(directory, meta["base_model"], fingerprint(model))
     try:
         expected = planned_tensors(model, config, head)
     except ValueError as e:  # over the model's limits, layers it lacks, no head to copy
         raise AdapterLoadError(f"{directory}: the adapter does not fit this model ({e})") from None
+    tensors = read_checked_weights(directory, real_dir, real_root, meta, expected)
+    insert_tensors(model, name, config, head, tensors, os.path.join(os.fspath(directory), WEIGHTS_FILE))
+    return name
+
+
+def adapter_shape(meta: dict[str, Any]) -> tuple[AdapterConfig, HeadConfig]:
+    """The AdapterConfig and HeadConfig of a checked adapter config (``check_meta``)."""
+    return AdapterConfig.from_saved(meta["config"]), HeadConfig.coerce(meta["head"], model_has_head=True)
+
+
+def read_checked_weights(directory, real_dir: str, real_root: str | None, meta: dict[str, Any],
+                         expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, read once from its weights file and checked against ``meta``'s checksum and the
+    ``expected`` shapes (:func:`adapterkit.model.planned_tensors`) before they are allocated. Touches no model,
+    so it may run on any thread (the server's adapter store reads cold adapters this way, off its worker)."""
+    shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
     limit = 8 + MAX_HEADER_BYTES + 8 * sum(math.prod(s) for s in expected.values())
     data = read_file(real_dir, WEIGHTS_FILE, real_root, limit, shown)
     if _sha256(data) != meta["files"][WEIGHTS_FILE]:
@@ -252,8 +266,7 @@ def load_checked(model: nn.Module, directory, real_dir: str, real_root: str | No
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
         raise AdapterLoadError(f"{shown} is not a readable safetensors file ({e}); re-save the adapter") from None
     del data
-    insert_tensors(model, name, config, head, tensors, shown)
-    return name
+    return tensors
 
 
 def insert_tensors(model: nn.Module, name: str, config: AdapterConfig, head: HeadConfig,
@@ -276,11 +289,12 @@ def insert_tensors(model: nn.Module, name: str, config: AdapterConfig, head: Hea
     _insert(model, name, config, head, None, fill=fill)
 
 
-def _check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any]) -> None:
+def check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any]) -> None:
     diffs = [f"{k}: adapter {reprlib.repr(saved.get(k))} vs model {current.get(k)!r}" for k in current if saved.get(k) != current.get(k)]
     if diffs:
         raise AdapterLoadError(f"{directory}: adapter was trained on a different base model (" + "; ".join(diffs) +
                                "); load it into the model it was trained on, or pass check_base=False")
 
 
-__all__ = ["AdapterLoadError", "fingerprint", "insert_tensors", "load_adapter", "read_adapter_config", "save_adapter"]
+__all__ = ["AdapterLoadError", "adapter_shape", "check_fingerprint", "fingerprint", "insert_tensors", "load_adapter",
+           "read_adapter_config", "read_checked_weights", "save_adapter"]

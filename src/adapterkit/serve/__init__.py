@@ -18,6 +18,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   DELETE /v1/adapters/{name}   unload
   GET    /healthz              200 while the worker is alive
   GET    /metrics              Prometheus text: requests, inputs, batches, batch sizes, tasks per batch, latency
+                               (with ``--adapter-store DIR``: every adapter under DIR is servable by name,
+                               loaded on first use, LRU-evicted beyond ``--max-loaded``; see residency.py)
 On a causal LM (``--model smollm2``, a ``*ForCausalLM`` directory), with LM adapters (openai_api.py):
   GET    /v1/models            the base model and the LM adapters, as OpenAI lists models
   POST   /v1/completions       OpenAI's completions (``model`` = an adapter or the base model; ``stream``: SSE)
@@ -51,6 +53,8 @@ The modules, in reading order:
   tasks.py      a loaded adapter as a Task; ``NAME=DIR`` specs, tokenising inputs, formatting predictions
   metrics.py    counters and histograms rendered as Prometheus text
   batcher.py    Engine: the FIFO, the worker thread, dynamic batching, load/unload between batches
+  store.py      AdapterStore / DirectoryStore: saved adapters addressable by name without loading them
+  residency.py  ``--adapter-store``: load on first use off the worker, LRU eviction between batches, pins
   schemas.py    the pydantic request and response bodies
   app.py        create_app: the FastAPI routes around an Engine
   decode_loop.py  DecodeLoop: continuous batching for generation (rows join and leave between decode steps)

@@ -113,14 +113,18 @@ async def wait(future: concurrent.futures.Future):
 
 
 def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None = None,
-               settings: ServeSettings | None = None, model_name: str | None = None, generation=None):
+               settings: ServeSettings | None = None, model_name: str | None = None, generation=None,
+               store=None, max_loaded: int | None = None, max_memory: int | None = None):
     """A FastAPI app serving ``model`` with ``adapters`` ({name: directory} or ["name=dir", ...]) loaded.
     The worker starts with the app (lifespan) and stops with it. On a causal LM the OpenAI-style generation
-    routes are added too (:mod:`.openai_api`; ``generation``: its GenerationLimits)."""
+    routes are added too (:mod:`.openai_api`; ``generation``: its GenerationLimits). ``store`` (an
+    :class:`~.store.AdapterStore` or a directory) makes every adapter in it servable by name, loaded on first
+    use and kept under an LRU bound of ``max_loaded`` adapters and/or ``max_memory`` bytes (:mod:`.residency`)."""
     settings = settings or ServeSettings()
     engine = Engine(model, tokenizer, settings)
     for name, path in parse_adapters(adapters or {}).items():
         engine.load_now(name, path)
+    residency = make_residency(engine, store, max_loaded, max_memory)
     # Tokenising runs on these threads (the fast tokenizers release the GIL), each with its own copy of the
     # tokenizer: a tokenizer call sets its truncation state, so one instance must not serve two threads.
     pool = concurrent.futures.ThreadPoolExecutor(settings.tokenize_threads, thread_name_prefix="adapterkit-tokenize")
@@ -143,6 +147,8 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             if decoding is not None:
                 decoding.stop()
             engine.stop()
+            if residency is not None:
+                residency.stop()
             pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="adapterkit serve", version=__version__, lifespan=lifespan,
@@ -151,6 +157,7 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
     limited = type("LimitedRequest", (StrictJSONRequest,), {"max_body": settings.max_body_bytes})
     app.router.route_class = type("LimitedRoute", (StrictJSONRoute,), {"request_class": limited})
     app.state.engine = engine
+    app.state.residency = residency
     PredictRequest = predict_request(settings.max_inputs, settings.max_chars)  # noqa: N806 - a model class
 
     @app.exception_handler(ServeError)
@@ -208,12 +215,14 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
         started = time.perf_counter()
         deadline = started + settings.request_timeout_s
         task = engine.tasks.get(body.task)
+        stored = residency is not None and residency.manages(body.task)  # loaded on first use, pinned while used
+        hold = None
 
         def refuse(status: int, message: str, headers: dict | None = None, loc: list | None = None):
             engine.metrics.prediction(None if task is None else task.name, status, len(body.inputs), None)
             return error(status, message, headers, loc)
 
-        if task is None:
+        if task is None and not stored:
             names = sorted(engine.tasks)
             known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") or "none"
             return refuse(404, f"unknown task {safe(body.task, 200)!r}; loaded adapters: {known}")
@@ -234,13 +243,28 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             engine.reserve(rows)
         except ServeError as e:
             return refuse(e.status, str(e), e.headers)
+        if stored:
+            try:
+                hold = await residency.hold(body.task, deadline)
+            except BaseException as e:
+                engine.release(rows)
+                if not isinstance(e, ServeError):
+                    raise
+                return refuse(e.status, str(e), e.headers)
+            task = hold.task
         try:
             features = await asyncio.get_running_loop().run_in_executor(pool, tokenize_here, body.inputs,
                                                                         task.max_length)
             future = engine.submit(task.name, features, reserved=True, deadline=deadline)
+            if hold is not None:
+                future.add_done_callback(hold.release)  # answered, failed or dropped: unpinned
         except ServeError as e:  # shutting down
+            if hold is not None:
+                hold.release()
             return refuse(e.status, str(e), e.headers)
         except BaseException as e:
+            if hold is not None:
+                hold.release()
             engine.release(rows)
             if not isinstance(e, Exception):
                 raise  # cancelled: the client went away
@@ -277,7 +301,10 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
 
     @app.get("/v1/adapters", response_model=AdapterList)
     async def adapters_list():
-        return {"adapters": [t.describe() for t in engine.tasks.values()]}
+        listed = {"adapters": [t.describe() for t in engine.tasks.values()]}
+        if residency is not None:
+            listed["store"] = await asyncio.get_running_loop().run_in_executor(pool, residency.info)
+        return listed
 
     def check_writable() -> None:
         if settings.read_only:
@@ -299,7 +326,7 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
     @app.delete("/v1/adapters/{name}", response_model=Unloaded, responses=errors(403, 404, 422))
     async def adapters_unload(name: str):
         check_writable()
-        await wait(engine.unload(name))
+        await wait(engine.unload(name) if residency is None else residency.unload(name))
         return {"unloaded": name}
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "worker stopped"}})
@@ -313,7 +340,8 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
     async def metrics():
         gauges = {"adapterkit_queued_inputs": engine.queued_rows, "adapterkit_adapters_loaded": len(engine.tasks),
                   "adapterkit_max_queue": settings.max_queue, "adapterkit_max_batch_size": settings.max_batch_size}
-        return PlainTextResponse(engine.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+        text = engine.metrics.render(gauges) + (residency.render() if residency is not None else "")
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     app.state.generation = None
     if is_causal_lm(model):
@@ -322,6 +350,19 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
         app.state.generation = add_generation_routes(app, engine, tokenizer, settings, model_name, engine.model_limit,
                                                      generation or GenerationLimits())
     return app
+
+
+def make_residency(engine, store, max_loaded: int | None, max_memory: int | None):
+    """The :class:`~.residency.Residency` over ``store`` (a directory or an AdapterStore), or None without one."""
+    if store is None:
+        if max_loaded is not None or max_memory is not None:
+            raise ValueError("--max-loaded and --max-adapter-memory bound an adapter store; pass --adapter-store DIR")
+        return None
+    from .residency import Residency
+    from .store import AdapterStore, DirectoryStore
+
+    return Residency(engine, store if isinstance(store, AdapterStore) else DirectoryStore(store), max_loaded,
+                     max_memory)
 
 
 def _is_dir(path: str) -> bool:

@@ -63,8 +63,20 @@ class AdapterInfo(BaseModel):
     max_length: int
 
 
+class StoreInfo(BaseModel):
+    """With ``--adapter-store``: every adapter it holds, and which are in memory (least recently used first)."""
+
+    known: list[str]
+    resident: list[str]
+    loading: list[str]
+    max_loaded: int | None
+    max_memory_bytes: int | None
+    memory_bytes: int
+
+
 class AdapterList(BaseModel):
-    adapters: list[AdapterInfo]
+    adapters: list[AdapterInfo]  # in memory: --adapter, hot-loaded and resident stored adapters
+    store: StoreInfo | None = None
 
 
 class Unloaded(BaseModel):

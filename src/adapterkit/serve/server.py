@@ -23,7 +23,8 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
           request_timeout: float = 30.0, tokenize_threads: int = 2, read_only: bool = False,
           threads: int | None = None, log_level: str = "info", access_log: bool = False,
           adapter_root: str | Sequence[str] | None = None, max_tokens: int = 512,
-          max_prompt_tokens: int = 2048) -> None:
+          max_prompt_tokens: int = 2048, adapter_store: str | None = None,
+          max_loaded: int | None = None, max_adapter_memory: int | None = None) -> None:
     """Load ``model`` (an alias such as ``minilm``, or a model directory) with ``adapters`` ("name=dir") and
     serve until interrupted. ``port=0`` picks a free port; the bound address is printed on stdout.
 
@@ -33,7 +34,10 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
     when it is read (its real path must stay inside the root); ``read_only`` refuses all.
 
     A causal LM (``smollm2``, a ``*ForCausalLM`` directory) serves LM adapters with the OpenAI-style routes
-    (:mod:`.openai_api`): ``max_tokens`` caps a request's ``max_tokens``, ``max_prompt_tokens`` its prompt."""
+    (:mod:`.openai_api`): ``max_tokens`` caps a request's ``max_tokens``, ``max_prompt_tokens`` its prompt.
+    ``adapter_store`` (a directory tree of saved adapters) makes each adapter in it servable by name, loaded
+    on first use and evicted least-recently-used beyond ``max_loaded`` adapters or ``max_adapter_memory``
+    bytes (:mod:`.residency`)."""
     import uvicorn
 
     from ..models import load_model
@@ -50,7 +54,8 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
 
     generation = GenerationLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens)
     net, tokenizer = load_model(model, kind=serving_kind(model))
-    app = create_app(net, tokenizer, adapters, settings, model_name=model, generation=generation)
+    app = create_app(net, tokenizer, adapters, settings, model_name=model, generation=generation,
+                     store=adapter_store, max_loaded=max_loaded, max_memory=max_adapter_memory)
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -63,6 +68,15 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
           f"{', '.join(tasks) or 'none'})", flush=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _memory(text: str) -> int:
+    from .residency import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -97,6 +111,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="causal LMs: the most tokens one generation request may ask for (max_tokens) before 422")
     p.add_argument("--max-prompt-tokens", type=int, default=2048,
                    help="causal LMs: the most prompt tokens one generation request may send before 422")
+    p.add_argument("--adapter-store", default=None, metavar="DIR",
+                   help="serve every adapter saved under DIR (a tree) by name, loading it on first use: "
+                   "DIR/a/b-c/ is task a--b-c. See --max-loaded")
+    p.add_argument("--max-loaded", type=int, default=None, metavar="N",
+                   help="with --adapter-store: at most N stored adapters in memory; the least recently used "
+                   "one not in use is evicted between batches (default: no limit)")
+    p.add_argument("--max-adapter-memory", type=_memory, default=None, metavar="SIZE",
+                   help="with --adapter-store: at most SIZE (e.g. 512MB, 2GiB) of stored adapters' tensors in "
+                   "memory, evicted as --max-loaded")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true")
