@@ -8,6 +8,7 @@ One training loop serves every method; a method only decides what is trainable a
   top-k    the top K transformer layers + everything above them (pooler, head): the paper's
            "variable fine-tuning" baseline.
   full     every parameter (full fine-tuning).
+  lora     PEFT's LoRA, r=16 on q_proj/v_proj (causal-LM tasks; a baseline, see lora.py).
 
 ``ln`` and ``head`` reuse the core's adapter machinery so that their result is an ordinary adapter
 directory (``eval``/``predict``/``info``/``load_adapter`` treat it like any other): they add an adapter
@@ -15,7 +16,7 @@ whose bottleneck is an exact identity (``init_std=0``: all-zero weights, so ``h 
 and keep that bottleneck frozen; only its layer-norm copies (``ln``) and its head train. The identity
 bottleneck is as small as the core allows (size 1, one per layer, ``pfeiffer``; ``head`` puts it in the
 last layer only), costing < 0.01% extra compute. ``full`` and ``top-k`` change base weights, so they
-save a whole model with ``save_pretrained`` (plus the tokenizer) instead.
+save a whole model with ``save_pretrained`` (plus the tokenizer) instead; ``lora`` saves PEFT's adapter files.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .architectures import detect, layer_lists
 from .config import DEFAULT_SIZE
 from .model import adapter_modules
 
-METHODS = ("adapter", "full", "top-k", "ln", "head")
+METHODS = ("adapter", "full", "top-k", "ln", "head", "lora")
 ADAPTER_NAME = "task"
 #: Written next to a full / top-k model in ``adapter/``: what adapter_config.json's "extra" holds for adapters.
 RUN_META_FILE = "adapterkit_run.json"
@@ -183,6 +184,10 @@ def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list
                 if holder.role == "adapter":
                     for p in holder.adapter_parameters(ADAPTER_NAME):
                         p.requires_grad_(False)
+    elif method.method == "lora":
+        from .lora import add_lora
+
+        add_lora(model, kind)
     elif method.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -199,6 +204,8 @@ def head_parameters(model: nn.Module, method: MethodConfig) -> list[nn.Parameter
     for full / top-k the model's own head modules. ``--head-lr`` applies to these."""
     from .architectures import head_modules
 
+    if method.method == "lora":  # LoRA keeps the model's own (frozen) LM head
+        return []
     if method.uses_adapter:
         params = [p for _, h in adapter_modules(model) if h.role == "head" for p in h.adapter_parameters(ADAPTER_NAME)]
     else:
@@ -255,17 +262,24 @@ def save_result(model: nn.Module, tokenizer, method: MethodConfig, directory: Pa
         ak.save_adapter(model, ADAPTER_NAME, directory, extra=meta)
         return
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    if method.method == "lora":
+        from .lora import save_lora
+
+        save_lora(model, directory)
+    else:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
     (directory / RUN_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_result_meta(directory: str | Path) -> tuple[str, dict]:
-    """("adapter" | "model", the run's metadata) of a directory written by :func:`save_result`."""
+    """("adapter" | "model" | "lora", the run's metadata) of a directory written by :func:`save_result`."""
+    from .lora import is_lora_dir
     from .runs import check_run_meta
 
     directory = Path(directory)
-    if (directory / "adapter_config.json").is_file():
+    lora = (directory / RUN_META_FILE).is_file() and is_lora_dir(directory)  # PEFT writes adapter_config.json too
+    if (directory / "adapter_config.json").is_file() and not lora:
         config = ak.read_adapter_config(directory)
         return "adapter", check_run_meta(config.get("extra", {}) if isinstance(config, dict) else None,
                                          str(directory / "adapter_config.json"))
@@ -275,7 +289,7 @@ def read_result_meta(directory: str | Path) -> tuple[str, dict]:
             meta = json.loads(path.read_text()) if path.stat().st_size < (1 << 24) else None
         except RecursionError:
             meta = None
-        return "model", check_run_meta(meta, str(path))
+        return ("lora" if lora else "model"), check_run_meta(meta, str(path))
     raise ak.AdapterLoadError(f"{directory} is neither an adapter directory nor a model saved by "
                               "'adapterkit train'; pass the adapter/ folder of a training run")
 
