@@ -170,6 +170,8 @@ def test_squad_gen_trains_a_tiny_llama_and_eval_recomputes_the_scores(tmp_path, 
     assert last["train_loss"] < first["train_loss"]  # the answer tokens are being learnt
     assert set(metrics["best"]) >= {"exact_match", "f1", "loss", "main"}
     _assert_base_untouched(model, base)
+    base_count = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(tiny_chat_llama).parameters())
+    assert metrics["total_params"] == base_count  # the base model's own, without the adapter's or LoRA's
     if method == "lora":  # r=16 on q (32 -> 32) and v (32 -> 16, one KV head) in 2 layers
         assert metrics["trainable_params"] == 2 * 16 * ((32 + 32) + (32 + 16)) and metrics["lora"]["r"] == 16
     result = CliRunner().invoke(app, ["eval", "--adapter", str(tmp_path / method / "adapter"), "--json"])
@@ -181,7 +183,10 @@ def test_squad_gen_trains_a_tiny_llama_and_eval_recomputes_the_scores(tmp_path, 
     out = predict(load_trained(tmp_path / method / "adapter"), "who got the prize ?",
                   "the prize went to alice in paris .", max_new_tokens=4)
     assert "Passage: the prize went to alice" in out["prompt"] and isinstance(out["generated"], str)
+    info = CliRunner().invoke(app, ["info", str(tmp_path / method / "adapter")])
+    assert info.exit_code == 0 and "trained on task squad-gen (generation)" in info.output, info.output
     if method == "lora":
+        assert "lora       r 16, alpha 32" in info.output
         _assert_peft_loads_the_same(tmp_path / method / "adapter", tiny_chat_llama)
 
 

@@ -16,7 +16,8 @@ from .methods import RUN_META_FILE, read_result_meta
 def describe(directory: str | Path) -> str:
     directory = Path(directory)
     form, meta = read_result_meta(directory)
-    lines = [f"{directory}  ({'adapter' if form == 'adapter' else 'saved model: ' + str(meta.get('method'))})"]
+    what = {"adapter": "adapter", "lora": "PEFT LoRA"}.get(form, "saved model: " + str(meta.get("method")))
+    lines = [f"{directory}  ({what})"]
     if form == "adapter":
         config = read_adapter_config(directory)  # checked by the library: AdapterLoadError if hostile
         c = config["config"]
@@ -30,6 +31,9 @@ def describe(directory: str | Path) -> str:
         order = ("adapter", "layer_norm", "head", "trainable", "base")
         lines.append("  params     " + ", ".join(f"{k} {counts[k + '_params']:,}" for k in order
                                                if isinstance(counts.get(k + "_params"), int)))
+    elif form == "lora":
+        c = _json_object(directory / "adapter_config.json")  # PEFT's LoraConfig
+        lines.append(f"  lora       r {c.get('r')}, alpha {c.get('lora_alpha')}, targets {c.get('target_modules')} (PEFT)")
     else:
         model_config = _json_object(directory / "config.json")
         lines.append(f"  model      {model_config.get('model_type')} {model_config.get('architectures')}")

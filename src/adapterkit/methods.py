@@ -250,6 +250,7 @@ def _select_top_layers(model: nn.Module, k: int) -> None:
 def count_parameters(model: nn.Module) -> dict[str, int | float]:
     """Trainable parameters (what the optimiser updates) against the base model's own parameters."""
     owned = {id(p) for _, h in adapter_modules(model) for p in h.parameters()} if "adapterkit" in model.__dict__ else set()
+    owned |= {id(p) for n, p in model.named_parameters() if ".lora_" in n}  # --method lora's (peft) weights
     total = sum(p.numel() for p in model.parameters() if id(p) not in owned)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total}
