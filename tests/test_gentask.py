@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,16 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import write_squad  # noqa: E402
-
-import adapterkit.train as T  # noqa: E402
-from adapterkit import metrics as M  # noqa: E402
-from adapterkit.cli import app  # noqa: E402
-from adapterkit.data import load_task  # noqa: E402
-from adapterkit.data.generative import SQUAD_MAX_CONTEXT_WORDS, TREC_WORDS  # noqa: E402
-from adapterkit.evaluation import load_trained, predict  # noqa: E402
-from adapterkit.features import collate, target_count  # noqa: E402
-from adapterkit.gentask import tokenize_chat  # noqa: E402
-from adapterkit.models import resolve_model  # noqa: E402
-from adapterkit.train import TrainConfig, train  # noqa: E402
+import adapterkit.train as T
+from adapterkit import metrics as M
+from adapterkit.cli import app
+from adapterkit.data import load_task
+from adapterkit.data.generative import SQUAD_MAX_CONTEXT_WORDS, TREC_WORDS
+from adapterkit.evaluation import load_trained, predict
+from adapterkit.features import collate, target_count
+from adapterkit.gentask import tokenize_chat
+from adapterkit.models import resolve_model
+from adapterkit.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +44,23 @@ def tiny_chat_llama(tmp_path_factory, smol_tokenizer):
 
 @pytest.fixture(scope="module")
 def squad_dir(tmp_path_factory):
+    """SQuAD v1.1 JSON of 3 articles x 2 short paragraphs x 2 questions (split 80/20 by article). Short
+    passages keep the tiny model's steps cheap: its cost is the 49k-token vocabulary's logits per position."""
     directory = tmp_path_factory.mktemp("squad")
-    write_squad(directory / "dev-v1.1.json", n_articles=3)  # 12 questions, split 80/20 by article
+    names = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    data = []
+    for a in range(3):
+        paragraphs = []
+        for p in range(2):
+            first, second = names[(a + p) % 6], names[(a + p + 2) % 6]
+            context = f"the prize went to {first} in paris . {second} lives in rome ."
+            paragraphs.append({"context": context, "qas": [
+                {"id": f"{a}-{p}-0", "question": "who got the prize ?",
+                 "answers": [{"text": first, "answer_start": context.index(first)}]},
+                {"id": f"{a}-{p}-1", "question": "who lives in rome ?",
+                 "answers": [{"text": second, "answer_start": context.index(second)}]}]})
+        data.append({"title": f"article {a}", "paragraphs": paragraphs})
+    (directory / "dev-v1.1.json").write_text(json.dumps({"version": "1.1", "data": data}))
     return directory
 
 
