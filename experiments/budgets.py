@@ -69,6 +69,15 @@ BUDGETS = {
         "machine": "two runs at a time (`--jobs 2`), one torch thread each, on an otherwise idle 2-core machine",
         "squad": {"max_train": 2000, "max_validation": 1000, "epochs": 2, "max_length": 256, "doc_stride": 64,
                   "sizes": (2, 8, 64, 256)},
+        # issue 15 (experiments/generation.py): SmolLM2-135M on generative tasks. Measured on this machine (loaded,
+        # 17% of a core): a squad-gen step of batch 8 (prompts ~190 tokens) ~40 CPU-s for adapters; greedy eval
+        # ~10 CPU-s per squad-gen question, every epoch; trec-gen prompts are ~75 tokens. Validation sets are
+        # kept small because generation, not training, dominates.
+        "generation": {"model": "smollm2", "tasks": ("squad-gen", "trec-gen"),
+                       "max_train": {"squad-gen": 200, "trec-gen": 400},
+                       "max_validation": {"squad-gen": 100, "trec-gen": 200},
+                       "epochs": 2, "batch_size": 8, "eval_batch_size": 16, "max_length": 384,
+                       "adapter_sizes": (12, 64), "full_lr": 5e-5},
     },
     "full": {
         "max_train": None, "max_validation": None, "epochs": 3, "batch_size": 32, "seed": SEED,

@@ -30,9 +30,10 @@ def notes_path(budget: str) -> Path:
 
 TASK_NAMES = {"glue/rte": "RTE", "glue/mrpc": "MRPC", "glue/stsb": "STS-B", "glue/cola": "CoLA",
               "glue/sst2": "SST-2", "20newsgroups": "20 Newsgroups", "r8": "Reuters R8", "sms_spam": "SMS spam",
-              "trec": "TREC (6)", "rotten_tomatoes": "Rotten Tomatoes", "boolq": "BoolQ", "squad": "SQuAD v1.1"}
+              "trec": "TREC (6)", "rotten_tomatoes": "Rotten Tomatoes", "boolq": "BoolQ", "squad": "SQuAD v1.1",
+              "squad-gen": "squad-gen", "trec-gen": "trec-gen"}
 METRIC_NAMES = {"accuracy": "accuracy", "f1_accuracy": "F1", "mcc": "Matthews corr.",
-                "pearson_spearman": "Pearson", "squad": "F1"}
+                "pearson_spearman": "Pearson", "squad": "F1", "label_accuracy": "accuracy"}
 PAPER_GLUE = {"full": 80.4, "adapter": 80.0, "adapter_pct": 3.6}
 PAPER_17 = {"full": 73.7, "adapter": 73.3, "adapter_pct": 1.14}
 PAPER_SQUAD = {"full": 90.7, "adapter": 90.4}

@@ -7,6 +7,7 @@ runner wrote. ``write_doc`` also redraws the plots. The sections are in sections
 
 from __future__ import annotations
 
+import generation
 import run
 import sections_glue as glue
 import sections_recipe
@@ -28,7 +29,8 @@ def build(budget: str = DOC_BUDGETS[0]) -> Doc:
     tasks.ablation(d)
     tasks.squad(d)
     for section, exp in ((glue.pooler, "pooler"), (glue.seeds, "seeds"), (glue.longer, "longer"), (tasks.levers, "levers"),
-                         (glue.mpnet, "mpnet"), (sections_recipe.recipe, "recipe"), (glue.fusion, "fusion")):
+                         (glue.mpnet, "mpnet"), (sections_recipe.recipe, "recipe"), (glue.fusion, "fusion"),
+                         (generation.section, "generation")):
         if exp in runs:  # only some budgets have these
             section(d)
     tasks.status(d)

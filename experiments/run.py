@@ -5,6 +5,7 @@
     python experiments/run.py --budget quick        # the first, smaller protocol (docs/results-quick.md)
     python experiments/run.py --budget full         # the larger protocol (days on CPU)
     python experiments/run.py --doc-only            # rebuild docs/results*.md + plots from the JSON
+    python experiments/run.py --only generation     # issue 15: adapters vs full FT vs LoRA on SmolLM2 (generation.py)
 
 Every training run is described by a *spec* (a plain dict: model, task, method, size, lr, epochs, data
 subset, seed...). Its result is cached as ``experiments/results/train/<label>-<key>.json`` where ``key`` is
@@ -31,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # budgets, runner, analyses, report live beside this file
 
 import analyses  # noqa: E402
+import generation  # noqa: E402
 from budgets import BUDGETS, PAPER_LRS  # noqa: E402
 from runner import Runner, spec_key, train_spec  # noqa: E402,F401  (spec_key: the report reads it here)
 
@@ -433,6 +435,7 @@ EXPERIMENTS = {
     "mpnet": exp_mpnet,
     "recipe": exp_recipe,
     "fusion": exp_fusion,
+    "generation": generation.exp_generation,
 }
 
 
@@ -440,7 +443,8 @@ def experiments_of(budget: str) -> list[str]:
     """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
     skip = BUDGETS[budget].get("skip", ())
     defined_by = {"levers": "levers_task", "longer": "longer_task", "pooler": "pooler", "seeds": "seeds_task",
-                  "mpnet": "mpnet_task", "recipe": "recipe_tasks", "fusion": "fusion_tasks"}  # only some budgets have these
+                  "mpnet": "mpnet_task", "recipe": "recipe_tasks", "fusion": "fusion_tasks",
+                  "generation": "generation"}  # only some budgets have these
     return [e for e in EXPERIMENTS
             if e not in skip and (e not in defined_by or defined_by[e] in BUDGETS[budget])]
 

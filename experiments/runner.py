@@ -113,7 +113,7 @@ def run_dir(spec: dict) -> Path:
 def data_options(task: str) -> dict:
     if task.startswith("glue/"):
         return {"data_dir": str(DATA / "glue")}
-    if task == "squad":
+    if task in ("squad", "squad-gen"):
         return {"data_dir": str(DATA / "squad")}
     return {}
 
@@ -167,7 +167,7 @@ def _train_locked(spec: dict, out: Path) -> dict:
                          probe_epochs=spec.get("probe_epochs", 0),
                          fuse=tuple(str(ensure_trained(s) / "adapter") for s in spec.get("fuse_from", ())),
                          doc_stride=spec.get("doc_stride", 128),
-                         lr=spec["lr"], epochs=spec["epochs"],
+                         lr=spec["lr"], epochs=spec["epochs"], eval_batch_size=spec.get("eval_batch_size", 64),
                          batch_size=spec["batch_size"], max_length=spec["max_length"], max_train=spec["max_train"],
                          max_validation=spec["max_validation"], seed=spec["seed"], data=data_options(spec["task"]),
                          resume=True, progress=False)

@@ -158,7 +158,7 @@ def test_existing_output_is_not_overwritten(trained):
 
 def test_bad_method_and_adapter_dir(tiny, tmp_path):
     out = tmp_path / "o"
-    assert_clean_failure(runner.invoke(app, train_args(tiny, out, "--method", "lora")), out, "lora")
+    assert_clean_failure(runner.invoke(app, train_args(tiny, out, "--method", "prefix")), out, "prefix")
     result = runner.invoke(app, ["eval", "--adapter", str(tmp_path)])
     assert_clean_failure(result, tmp_path / "nothing", "adapter")
 

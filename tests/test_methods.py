@@ -108,8 +108,8 @@ def test_optimizer_state_only_for_trainable():
 
 
 def test_unknown_method():
-    with pytest.raises(MethodError, match="lora"):
-        MethodConfig("lora")
+    with pytest.raises(MethodError, match="prefix"):
+        MethodConfig("prefix")
 
 
 @pytest.mark.parametrize("method", ["adapter", "full"])

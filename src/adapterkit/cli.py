@@ -29,7 +29,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _DEFAULT = _methods.MethodConfig()
 Model = Annotated[str, typer.Option(help="minilm (bundled default), mpnet, smollm2, a local model dir or a hub id")]
 Task = Annotated[Optional[str], typer.Option(help="(default: local with --train-file, else rotten_tomatoes) rotten_tomatoes, boolq, 20newsgroups, r8, sms_spam, trec, glue/rte, "
-                                        "glue/mrpc, glue/cola, glue/stsb, glue/sst2, squad, lm, local, hf:NAME/CONFIG")]
+                                        "glue/mrpc, glue/cola, glue/stsb, glue/sst2, squad, squad-gen, trec-gen, rotten_tomatoes-gen, lm, local, hf:NAME/CONFIG")]
 DataDir = Annotated[Optional[str], typer.Option(help="folder of GLUE TSVs / SQuAD JSON (default ../shared/data/...)")]
 TrainFile = Annotated[Optional[str], typer.Option(help="your training file (CSV, TSV, JSONL; .txt for lm; SQuAD JSON)")]
 ValidationFile = Annotated[Optional[str], typer.Option(help="your validation file (else a seeded holdout)")]
@@ -138,7 +138,7 @@ def train(
     output: Annotated[str, typer.Option(help="run directory to create (metrics.json, adapter/, curves.png)")],
     model: Model = "minilm",
     task: Task = None,
-    method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head), head or fusion")] = "adapter",
+    method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head), head, fusion, or lora (PEFT LoRA r=16 q/v; causal LMs)")] = "adapter",
     fuse: Annotated[Optional[str], typer.Option(
         help="--method fusion: adapter directories to fuse, comma-separated (AdapterFusion; they stay frozen)")] = None,
     adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = _DEFAULT.adapter_size,
@@ -165,7 +165,7 @@ def train(
     epochs: int = 3,
     batch_size: Annotated[int, typer.Option(help="global batch size (over all processes)")] = 32,
     eval_batch_size: int = 64,
-    max_length: Annotated[Optional[int], typer.Option(help="tokens per example (default 128; qa 384)")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="tokens per example (default 128; qa and *-gen 384)")] = None,
     doc_stride: Annotated[int, typer.Option(help="QA sliding-window overlap in tokens")] = 128,
     max_train: Annotated[Optional[int], typer.Option(help="train on a seeded subset of N examples")] = None,
     max_validation: Annotated[Optional[int], typer.Option(help="validate on a seeded subset of N examples")] = None,
@@ -220,7 +220,8 @@ def eval_(
     text_column: TextColumn = None, text_pair_column: PairColumn = None, label_column: LabelColumn = None,
     problem_type: ProblemType = None,
 ):
-    """Recompute the validation metrics of a saved adapter (the same numbers `train` recorded)."""
+    """Recompute the validation metrics of a saved adapter (the same numbers `train` recorded); on a generative
+    task (squad-gen, trec-gen...) it decodes greedily and scores the generated text."""
     from .data import load_task
     from .evaluation import build_features, check_task_fits, evaluate, load_trained
 

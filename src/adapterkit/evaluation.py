@@ -15,7 +15,7 @@ import torch
 
 import adapterkit as ak
 from . import metrics as M
-from . import qa
+from . import gentask, qa
 from .features import collate, length_batches, loss_sum, model_inputs, target_count, tokenize
 from .methods import ADAPTER_NAME, read_result_meta
 from .models import load_model
@@ -25,7 +25,11 @@ class HeadMismatchError(ValueError):
     """A trained adapter/model does not fit the task it is used on."""
 
 
-def build_features(examples: list[dict], kind: str, tokenizer, max_length: int, doc_stride: int) -> list[dict]:
+def build_features(examples: list[dict], kind: str, tokenizer, max_length: int, doc_stride: int,
+                   training: bool = False) -> list[dict]:
+    """Model features of task examples (``training``: generation drops over-long rows instead of keeping them)."""
+    if kind == "generation":
+        return gentask.tokenize_chat(examples, tokenizer, max_length, training=training)
     if kind == "qa":
         return qa.prepare_features(examples, tokenizer, max_length, doc_stride)
     return tokenize(examples, kind, tokenizer, max_length)
@@ -34,7 +38,10 @@ def build_features(examples: list[dict], kind: str, tokenizer, max_length: int, 
 @torch.no_grad()
 def evaluate(model, tokenizer, kind: str, metric: str, examples: list[dict], features: list[dict],
              batch_size: int, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Validation metrics (``main`` = the task's main metric) plus the mean validation ``loss``."""
+    """Validation metrics (``main`` = the task's main metric) plus the mean validation ``loss``.
+    Generative tasks decode greedily and score the text (gentask.evaluate_generation)."""
+    if kind == "generation":
+        return gentask.evaluate_generation(model, tokenizer, metric, examples, features, batch_size, device)
     was_training = model.training
     model.eval()
     # Batches of similar length (less padding); results are put back in feature order.
@@ -72,7 +79,7 @@ class Trained:
     model: torch.nn.Module
     tokenizer: object
     meta: dict
-    form: str  # "adapter" | "fusion" | "model"
+    form: str  # "adapter" | "fusion" | "model" | "lora"
 
 
 def load_trained(adapter_dir: str | Path, model_name: str | None = None) -> Trained:
@@ -82,6 +89,11 @@ def load_trained(adapter_dir: str | Path, model_name: str | None = None) -> Trai
     kind = meta.get("kind", "classification")
     if form == "model":
         model, tokenizer = load_model(str(adapter_dir), kind=_model_kind(kind), labels=meta.get("label_names"))
+    elif form == "lora":
+        from .lora import load_lora
+
+        model, tokenizer = load_model(model_name or meta.get("model", "minilm"), kind=_model_kind(kind))
+        load_lora(model, Path(adapter_dir), kind)
     else:
         model, tokenizer = load_model(model_name or meta.get("model", "minilm"), kind=_model_kind(kind),
                                       labels=meta.get("label_names"))
@@ -97,6 +109,8 @@ def load_trained(adapter_dir: str | Path, model_name: str | None = None) -> Trai
 
 
 def _model_kind(kind: str) -> str:
+    if kind == "generation":  # a chat LM with its own LM head
+        return "lm"
     return kind if kind in ("classification", "regression", "qa", "lm") else "classification"
 
 
@@ -117,6 +131,11 @@ def predict(trained: Trained, text: str, pair: str | None = None, max_new_tokens
     pair = context), or a continuation (lm)."""
     model, tok, meta = trained.model, trained.tokenizer, trained.meta
     kind, max_length = meta.get("kind", "classification"), meta.get("max_length", 128)
+    if kind == "generation":
+        from .data.generative import GENERATIVE, user_prompt
+
+        user = user_prompt(meta["task"], text, pair) if meta.get("task") in GENERATIVE else text
+        return {"prompt": user, "generated": gentask.generate_one(model, tok, user, max_new_tokens)}
     if kind == "lm":
         enc = {k: v for k, v in tok(text, return_tensors="pt").items() if k in ("input_ids", "attention_mask")}
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -140,4 +159,6 @@ def predict(trained: Trained, text: str, pair: str | None = None, max_new_tokens
     return {"label": names[best], "scores": {n: float(p) for n, p in zip(names, probs)}}
 
 
-__all__ = ["HeadMismatchError", "Trained", "build_features", "check_task_fits", "evaluate", "load_trained", "predict"]
+model_kind = _model_kind
+
+__all__ = ["HeadMismatchError", "Trained", "build_features", "model_kind", "check_task_fits", "evaluate", "load_trained", "predict"]

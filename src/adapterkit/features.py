@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Kinds whose targets are next tokens (labels per token, -100 where ignored): lm, and generation (chat
+#: prompt + answer, the loss on the answer only; see gentask.py).
+TOKEN_KINDS = ("lm", "generation")
 
 
 def tokenize(examples: Sequence[dict], kind: str, tokenizer, max_length: int) -> list[dict]:
@@ -40,7 +43,7 @@ def tokenize(examples: Sequence[dict], kind: str, tokenizer, max_length: int) ->
 def target_count(feature: dict, kind: str) -> int:
     """How many loss terms a feature contributes (tokens predicted for lm, else 1): lets every process
     normalise its share of a global batch by the global count, so N processes match one exactly."""
-    if kind == "lm":
+    if kind in TOKEN_KINDS:
         return sum(1 for t in feature["labels"][1:] if t != -100)
     return 1
 
@@ -69,7 +72,7 @@ def collate(features: Sequence[dict], kind: str, pad_token_id: int) -> dict[str,
     """Pad a list of features to the longest one; returns model inputs and targets as tensors."""
     batch = pad_inputs(features, pad_token_id)
     width = batch["input_ids"].shape[1]
-    if kind == "lm":
+    if kind in TOKEN_KINDS:
         batch["labels"] = torch.tensor([_pad_row(f["labels"], width, -100) for f in features])
     elif kind == "qa":
         if "start_positions" in features[0]:
@@ -105,7 +108,7 @@ def loss_sum(outputs, batch: dict, kind: str) -> torch.Tensor:
         start = F.cross_entropy(outputs.start_logits.float(), batch["start_positions"], reduction="sum")
         end = F.cross_entropy(outputs.end_logits.float(), batch["end_positions"], reduction="sum")
         return (start + end) / 2
-    logits = outputs.logits[:, :-1].float()  # lm: token t predicts token t+1
+    logits = outputs.logits[:, :-1].float()  # lm / generation: token t predicts token t+1
     labels = batch["labels"][:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
 

@@ -33,7 +33,7 @@ from .checks import MAX_CONFIG_BYTES, MAX_HEADER_BYTES, AdapterLoadError, check_
 from .composition import Fuse
 from .fusion import FusionConfig, _record, add_fusion, fusion_tensors, planned_fusion_tensors
 from .heads import HeadConfig
-from .io import _check_fingerprint, fingerprint, write_directory
+from .io import check_fingerprint, fingerprint, write_directory
 from .model import adapter_tensors, get_state
 
 FUSION_CONFIG_FILE = "fusion_config.json"
@@ -171,7 +171,7 @@ def load_fusion(model: nn.Module, directory: str | os.PathLike, check_base: bool
             raise AdapterLoadError(f"{directory}: adapter(s) {changed} differ from those the fusion was trained over "
                                    "(sha256 of their weights); load the same adapter directories, or pass check_adapters=False")
     if check_base:
-        _check_fingerprint(directory, meta["base_model"], fingerprint(model))
+        check_fingerprint(directory, meta["base_model"], fingerprint(model))
     config = FusionConfig.from_dict(meta["config"])
     head = HeadConfig.coerce(meta["head"], model_has_head=True)
     if block.name in get_state(model).fusions:

@@ -17,7 +17,8 @@ from .methods import RUN_META_FILE, read_result_meta
 def describe(directory: str | Path) -> str:
     directory = Path(directory)
     form, meta = read_result_meta(directory)
-    lines = [f"{directory}  ({form if form in ('adapter', 'fusion') else 'saved model: ' + str(meta.get('method'))})"]
+    what = {"adapter": "adapter", "fusion": "fusion", "lora": "PEFT LoRA"}.get(form, "saved model: " + str(meta.get("method")))
+    lines = [f"{directory}  ({what})"]
     if form == "adapter":
         config = read_adapter_config(directory)  # checked by the library: AdapterLoadError if hostile
         c = config["config"]
@@ -38,6 +39,9 @@ def describe(directory: str | Path) -> str:
         config = read_fusion_config(directory)
         lines.append(f"  fusion     {config['name']!r} over " + ", ".join(f"{n} ({d})" for n, d in meta["fused_adapters"].items()))
         lines.append(f"  head       {config['head']['kind']}")
+    elif form == "lora":
+        c = _json_object(directory / "adapter_config.json")  # PEFT's LoraConfig
+        lines.append(f"  lora       r {c.get('r')}, alpha {c.get('lora_alpha')}, targets {c.get('target_modules')} (PEFT)")
     else:
         model_config = _json_object(directory / "config.json")
         lines.append(f"  model      {model_config.get('model_type')} {model_config.get('architectures')}")

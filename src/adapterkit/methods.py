@@ -10,6 +10,7 @@ One training loop serves every method; a method only decides what is trainable a
   full     every parameter (full fine-tuning).
   fusion   AdapterFusion (Pfeiffer et al. 2021) over saved adapters (``fuse``: their directories): the fusion
            layers + a new head train, the adapters and the model stay frozen (fusion.py).
+  lora     PEFT's LoRA, r=16 on q_proj/v_proj (causal-LM tasks; a baseline, see lora.py).
 
 ``ln`` and ``head`` reuse the core's adapter machinery so that their result is an ordinary adapter
 directory (``eval``/``predict``/``info``/``load_adapter`` treat it like any other): they add an adapter
@@ -17,7 +18,7 @@ whose bottleneck is an exact identity (``init_std=0``: all-zero weights, so ``h 
 and keep that bottleneck frozen; only its layer-norm copies (``ln``) and its head train. The identity
 bottleneck is as small as the core allows (size 1, one per layer, ``pfeiffer``; ``head`` puts it in the
 last layer only), costing < 0.01% extra compute. ``full`` and ``top-k`` change base weights, so they
-save a whole model with ``save_pretrained`` (plus the tokenizer) instead. ``fusion`` saves a fusion
+save a whole model with ``save_pretrained`` (plus the tokenizer) instead; ``lora`` saves PEFT's adapter files. ``fusion`` saves a fusion
 directory (fusion_io.py) whose run metadata names the fused adapters' directories ("fused_adapters").
 """
 
@@ -40,7 +41,7 @@ from .architectures import detect, layer_lists
 from .config import DEFAULT_SIZE
 from .model import adapter_modules
 
-METHODS = ("adapter", "full", "top-k", "ln", "head", "fusion")
+METHODS = ("adapter", "full", "top-k", "ln", "head", "fusion", "lora")
 ADAPTER_NAME = "task"
 #: Written next to a full / top-k model in ``adapter/``: what adapter_config.json's "extra" holds for adapters.
 RUN_META_FILE = "adapterkit_run.json"
@@ -232,6 +233,10 @@ def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list
                         p.requires_grad_(False)
     elif method.method == "fusion":
         _prepare_fusion(model, method, kind, label_names)
+    elif method.method == "lora":
+        from .lora import add_lora
+
+        add_lora(model, kind)
     elif method.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -248,6 +253,8 @@ def head_parameters(model: nn.Module, method: MethodConfig) -> list[nn.Parameter
     for full / top-k the model's own head modules. ``--head-lr`` applies to these."""
     from .architectures import head_modules
 
+    if method.method == "lora":  # LoRA keeps the model's own (frozen) LM head
+        return []
     if method.uses_adapter or method.method == "fusion":
         owner = ADAPTER_NAME if method.uses_adapter else fusion_block(model).name
         params = [p for _, h in adapter_modules(model) if h.role == "head" for p in h.adapter_parameters(owner)]
@@ -294,6 +301,7 @@ def _select_top_layers(model: nn.Module, k: int) -> None:
 def count_parameters(model: nn.Module) -> dict[str, int | float]:
     """Trainable parameters (what the optimiser updates) against the base model's own parameters."""
     owned = {id(p) for _, h in adapter_modules(model) for p in h.parameters()} if "adapterkit" in model.__dict__ else set()
+    owned |= {id(p) for n, p in model.named_parameters() if ".lora_" in n}  # --method lora's (peft) weights
     total = sum(p.numel() for p in model.parameters() if id(p) not in owned)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total}
@@ -310,14 +318,20 @@ def save_result(model: nn.Module, tokenizer, method: MethodConfig, directory: Pa
         ak.save_fusion(model, block, directory, extra={**meta, "fused_adapters": dict(zip(block.names, method.fuse))})
         return
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    if method.method == "lora":
+        from .lora import save_lora
+
+        save_lora(model, directory)
+    else:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
     (directory / RUN_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_result_meta(directory: str | Path) -> tuple[str, dict]:
-    """("adapter" | "fusion" | "model", the run's metadata) of a directory written by :func:`save_result`."""
+    """("adapter" | "fusion" | "model" | "lora", the run's metadata) of a directory written by :func:`save_result`."""
     from .fusion_io import FUSION_CONFIG_FILE, read_fusion_config
+    from .lora import is_lora_dir
     from .runs import check_run_meta
 
     directory = Path(directory)
@@ -328,7 +342,8 @@ def read_result_meta(directory: str | Path) -> tuple[str, dict]:
             raise ak.AdapterLoadError(f"{directory / FUSION_CONFIG_FILE} names no fused adapter directories "
                                       "(extra.fused_adapters); it was not written by 'adapterkit train --method fusion'")
         return "fusion", meta
-    if (directory / "adapter_config.json").is_file():
+    lora = (directory / RUN_META_FILE).is_file() and is_lora_dir(directory)  # PEFT writes adapter_config.json too
+    if (directory / "adapter_config.json").is_file() and not lora:
         config = ak.read_adapter_config(directory)
         return "adapter", check_run_meta(config.get("extra", {}) if isinstance(config, dict) else None,
                                          str(directory / "adapter_config.json"))
@@ -338,7 +353,7 @@ def read_result_meta(directory: str | Path) -> tuple[str, dict]:
             meta = json.loads(path.read_text()) if path.stat().st_size < (1 << 24) else None
         except RecursionError:
             meta = None
-        return "model", check_run_meta(meta, str(path))
+        return ("lora" if lora else "model"), check_run_meta(meta, str(path))
     raise ak.AdapterLoadError(f"{directory} is neither an adapter or fusion directory nor a model saved by "
                               "'adapterkit train'; pass the adapter/ folder of a training run")
 

@@ -25,6 +25,7 @@ METRIC_SETS: dict[str, tuple[tuple[str, ...], str]] = {
     "mcc": (("mcc", "accuracy"), "mcc"),                   # CoLA
     "pearson_spearman": (("pearson", "spearman"), "pearson"),  # STS-B
     "squad": (("exact_match", "f1"), "f1"),
+    "label_accuracy": (("accuracy",), "accuracy"),          # generated label words (generative tasks)
     "perplexity": (("loss", "perplexity"), "perplexity"),
 }
 _LOWER_IS_BETTER = {"perplexity"}
@@ -160,6 +161,27 @@ def squad_scores(predictions: Sequence[str], references: Sequence) -> dict[str, 
     return {"exact_match": em / len(predictions), "f1": f1_total / len(predictions)}
 
 
+# --- generated labels ------------------------------------------------------------------
+
+def normalize_label(s: str) -> str:
+    """A generated label word as scored: its first line, lowercased, without surrounding whitespace and
+    punctuation ("Positive." and " positive\n..." both read "positive")."""
+    first = s.strip().split("\n", 1)[0] if s.strip() else ""
+    return first.strip().strip(string.punctuation + " \t").strip().lower()
+
+
+def label_accuracy(predictions: Sequence[str], references: Sequence) -> float:
+    """Exact-match accuracy of generated label words: a prediction is right when it reads as one of its
+    gold words after :func:`normalize_label` (anything else, a longer sentence too, is wrong)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    hits = sum(normalize_label(p) in {normalize_label(g) for g in _gold_texts(r)}
+               for p, r in zip(predictions, references))
+    return hits / len(predictions)
+
+
 # --- entry points ----------------------------------------------------------------------
 
 def perplexity(mean_loss: float) -> float:
@@ -183,6 +205,7 @@ def compute_metrics(metric_set: str, predictions, references=None) -> dict[str, 
 
     accuracy / f1_accuracy / mcc: class ids (f1 is the F1 of class 1).
     pearson_spearman: float scores.  squad: answer strings vs references (see _gold_texts).
+    label_accuracy: generated strings vs gold label words (a string or a list of them per example).
     perplexity: predictions is the mean token loss (or a sequence of per-token losses, which
     are averaged); references is ignored.
     """
@@ -195,6 +218,8 @@ def compute_metrics(metric_set: str, predictions, references=None) -> dict[str, 
         out = {"loss": loss, "perplexity": perplexity(loss)}
     elif metric_set == "squad":
         out = squad_scores(list(predictions), list(references))
+    elif metric_set == "label_accuracy":
+        out = {"accuracy": label_accuracy(list(predictions), list(references))}
     elif metric_set == "pearson_spearman":
         out = {"pearson": pearson(predictions, references), "spearman": spearman(predictions, references)}
     else:

@@ -36,21 +36,23 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from .checkpoint import STEPS, Checkpoint, _load_trainable, crash_point
 from .data import load_task
-from .evaluation import HeadMismatchError, build_features, evaluate
+from .evaluation import HeadMismatchError, build_features, evaluate, model_kind
 from .features import collate, loss_sum, model_inputs, target_count
 from .config import MAX_SIZE_FACTOR, SITE_WHEN_UNRECORDED, AdapterConfig
 from .methods import (ADAPTER_OPTIONS, MethodConfig, count_parameters, extra_loss, head_parameters, prepare, save_result,
                       trainable_state, with_adapter_options)
+from .lora import LORA_ALPHA, LORA_R, LORA_TARGETS
 from .models import MODELS, load_model
 from .runs import MARKER, check_partial, check_replaceable, replace_dir, share, write_marker
 
 #: Learning rates chosen by measurement on minilm / rotten_tomatoes (2000-4000 examples, 2 epochs): adapters
 #: at 1e-3 reach 0.79-0.80 like full fine-tuning at 5e-5; the linear probe needs 3e-2 (at 3e-3 it stays near
 #: the majority class). The paper's grid is 3e-5 .. 3e-3; `adapterkit sweep` searches it.
-DEFAULT_LR = {"adapter": 1e-3, "ln": 1e-3, "head": 3e-2, "top-k": 1e-4, "full": 5e-5, "fusion": 5e-5}  # fusion: the paper's 5e-5
+DEFAULT_LR = {"adapter": 1e-3, "ln": 1e-3, "head": 3e-2, "top-k": 1e-4, "full": 5e-5, "fusion": 5e-5,  # fusion: the paper's
+              "lora": 5e-4}
 MAX_SEED = (2**32 - 1) // 1000 - 1000  # seed * 1000 + epoch (dropout re-seeding) must stay a valid numpy seed
 MAX_LR = 10.0  # far above any useful lr; larger ones overflow the optimiser's float32 step
-DEFAULT_MAX_LENGTH = {"classification": 128, "regression": 128, "qa": 384, "lm": 128}
+DEFAULT_MAX_LENGTH = {"classification": 128, "regression": 128, "qa": 384, "lm": 128, "generation": 384}
 
 
 class TrainError(RuntimeError):
@@ -216,7 +218,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
     max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
     set_seed(config.seed)  # the new head's initialisation
     try:
-        model, tokenizer = load_model(config.model, kind=task.kind, labels=task.label_names)
+        model, tokenizer = load_model(config.model, kind=model_kind(task.kind), labels=task.label_names)
     except RuntimeError as e:  # transformers: the checkpoint's head has another size than the task needs
         if "mismatched" not in str(e):
             raise
@@ -237,7 +239,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = count_parameters(model)
-    train_features = build_features(task.train, task.kind, tokenizer, max_length, config.doc_stride)
+    train_features = build_features(task.train, task.kind, tokenizer, max_length, config.doc_stride, training=True)
     val_features = build_features(task.validation, task.kind, tokenizer, max_length, config.doc_stride)
     if not train_features or not val_features:
         raise TrainError(f"task {task.name!r} gives no usable {'train' if not train_features else 'validation'} "
@@ -334,6 +336,7 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         "site": config.site if config.method == "adapter" else None,
         "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
         "top_layers": config.top_layers if config.method == "top-k" else None,
+        **({"lora": {"r": LORA_R, "alpha": LORA_ALPHA, "targets": list(LORA_TARGETS)}} if config.method == "lora" else {}),
         **counts, "epochs": state["history"], "best": state["best"],
         "train_seconds": round(state["train_seconds"], 3),
         "examples_per_second": round(state["examples"] / max(state["train_seconds"], 1e-9), 2),

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-KINDS = ("classification", "regression", "qa", "lm")
+KINDS = ("classification", "regression", "qa", "lm", "generation")
 
 #: Fraction held out for validation when a source has no split of its own (lm uses 0.1).
 VALIDATION_FRACTION = 0.2
@@ -35,6 +35,8 @@ class TaskData:
       qa:             {"id": str, "question": str, "context": str,
                        "answers": {"text": [str, ...], "answer_start": [int, ...]}}
       lm:             {"text": str}
+      generation:     {"prompt": str, "answer": str, "references": [str, ...], "max_new_tokens": int}
+                      (a chat turn and its reply; see data/generative.py)
     ``split`` says how train/validation were made (sources, seeds, sizes); it is JSON-serialisable
     and meant to be written into metrics.json.
     """

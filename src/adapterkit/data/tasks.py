@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from .base import SPLIT_SEED, DataError, TaskData, label_counts, subsample
 from .files import load_local
+from .generative import GENERATIVE, load_generative
 from .glue import GLUE, load_glue
 from .hub import load_hf
 from .offline import PARSERS, load_offline
@@ -53,6 +54,13 @@ _SPECS: dict[str, TaskSpec] = {
     "squad": TaskSpec("extractive QA, SQuAD v1.1 JSON (--train-file/--validation-file or "
                       "--data-dir; default ../shared/data/squad, split by article)",
                       "qa", "squad", _FILES | {"data_dir"}),
+    "squad-gen": TaskSpec("SQuAD as generation for chat LMs (--model smollm2): passage + question -> answer "
+                          "text, EM/F1 (paragraphs <= 120 words; --data-dir as squad)",
+                          "generation", "squad", frozenset({"data_dir"})),
+    "trec-gen": TaskSpec("TREC question type as generation: the label as a word, exact-match accuracy",
+                         "generation", "label_accuracy"),
+    "rotten_tomatoes-gen": TaskSpec("Rotten Tomatoes sentiment as generation: positive / negative, "
+                                    "exact-match accuracy", "generation", "label_accuracy"),
     "lm": TaskSpec("causal language modelling on your text (--train-file .txt/.jsonl; "
                    "10% held out without --validation-file)",
                    "lm", "perplexity", _FILES | {"text_column"}),
@@ -62,13 +70,13 @@ _SPECS: dict[str, TaskSpec] = {
     "hf:NAME/CONFIG": TaskSpec("a Hugging Face hub dataset, e.g. hf:glue/sst2 (online; needs "
                                "pip install datasets)", None, None, _COLUMNS),
 }
-assert set(PARSERS) <= set(_SPECS) and set(GLUE) <= set(_SPECS)
+assert set(PARSERS) <= set(_SPECS) and set(GLUE) <= set(_SPECS) and set(GENERATIVE) <= set(_SPECS)
 
 #: The task registry: name -> one-line description (for --help and error messages).
 TASKS: dict[str, str] = {name: spec.description for name, spec in _SPECS.items()}
 
 _METRIC_BY_KIND = {"classification": "accuracy", "regression": "pearson_spearman",
-                   "qa": "squad", "lm": "perplexity"}
+                   "qa": "squad", "lm": "perplexity", "generation": "squad"}
 
 
 def _hub_metric(name: str, kind: str) -> str:
@@ -116,6 +124,8 @@ def load_task(name: str | None = None, *, data_dir=None, train_file=None, valida
         train, validation, label_names, info = load_offline(name, split_seed)
     elif name in GLUE:
         train, validation, label_names, info = load_glue(name, data_dir)
+    elif name in GENERATIVE:
+        train, validation, info = load_generative(name, data_dir, split_seed)
     elif name == "squad":
         train, validation, info = load_squad(train_file, validation_file, data_dir, split_seed)
     elif name == "lm":

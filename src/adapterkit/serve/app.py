@@ -226,7 +226,7 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             names = sorted(engine.tasks)
             known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") or "none"
             return refuse(404, f"unknown task {safe(body.task, 200)!r}; loaded adapters: {known}")
-        if task.kind == "lm":
+        if task is not None and task.kind == "lm":
             return refuse(422, f"{task.name!r} is a language-model adapter; use POST /v1/completions or "
                           f"/v1/chat/completions with model={task.name!r}", loc=["body", "task"])
         # Every limit is checked before any work is done for the request: counts, characters, queue room.
