@@ -43,7 +43,7 @@ from adapterkit.models import load_model
 HERE = Path(__file__).resolve().parent
 
 
-def gathered_apply_mixed(self: BottleneckLayer, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+def gathered_apply_mixed(self: BottleneckLayer, h: torch.Tensor, x: torch.Tensor | None, *_) -> torch.Tensor:
     """Gathered variant: stack every adapter's weights (plus a zero adapter for rows without one), gather
     one weight matrix per row, and run the bottleneck as two batched matmuls over all rows at once."""
     if any(kind.name != "houlsby" for kind, _ in self.kinds.values()):

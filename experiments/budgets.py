@@ -54,6 +54,10 @@ BUDGETS = {
         "longer_task": "glue/cola", "longer_epochs": 10, "pooler": True,
         "seeds_task": "glue/cola", "extra_seeds": (43, 44), "mpnet_task": "glue/cola",
         "recipe_tasks": ("r8", "20newsgroups"),
+        # AdapterFusion (issue 14): on RTE and MRPC over the Table-1 adapters (m = 64) of the GLUE tasks; the
+        # fusion layers at these lrs (the paper: 5e-5 for 10 epochs), the new head at 3e-2 (the recipe's head lr)
+        "fusion_tasks": ("glue/rte", "glue/mrpc"), "fusion_sources": GLUE_TASKS, "fusion_lrs": (1e-4, 1e-3),
+        "fusion_head_lr": 3e-2,
         "recipe_check": ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola", "rotten_tomatoes", "trec", "sms_spam"),
         "recipe_check_variants": ({"head_lr": 3e-2}, {"head_lr": 3e-2, "site": "before_dropout"}, {}),
         "recipe_squad_variants": ({"head_lr": 3e-2},),

@@ -28,7 +28,7 @@ def build(budget: str = DOC_BUDGETS[0]) -> Doc:
     tasks.ablation(d)
     tasks.squad(d)
     for section, exp in ((glue.pooler, "pooler"), (glue.seeds, "seeds"), (glue.longer, "longer"), (tasks.levers, "levers"),
-                         (glue.mpnet, "mpnet"), (sections_recipe.recipe, "recipe")):
+                         (glue.mpnet, "mpnet"), (sections_recipe.recipe, "recipe"), (glue.fusion, "fusion")):
         if exp in runs:  # only some budgets have these
             section(d)
     tasks.status(d)

@@ -389,6 +389,32 @@ def exp_recipe(R: Runner) -> None:
     R.need(recipe_specs(R))
 
 
+def fusion_sources(R: Runner, target: str, own: bool) -> list[dict] | None:
+    """The adapters a fusion on ``target`` fuses: Table 1's adapter (m = 64, best lr on validation) of every
+    other GLUE task of the budget, with ``own`` the target's own last (its layer norms are then the fusion's;
+    the paper fuses all tasks' adapters, the target's included). None until they are all trained."""
+    tasks = [t for t in R.B["fusion_sources"] if t != target] + ([target] if own else [])
+    chosen = [table1_choice(R, t, "adapter", 64) for t in tasks]
+    return None if any(c is None or "error" in c["result"] for c in chosen) else [c["spec"] for c in chosen]
+
+
+def fusion_specs(R: Runner, target: str) -> list[dict]:
+    """AdapterFusion runs on ``target``: over the other tasks' adapters, and over those plus its own."""
+    specs = []
+    for own in (False, True):
+        sources = fusion_sources(R, target, own)
+        if sources:
+            specs += [train_spec(R.B, target, "fusion", lr, fuse_from=sources, head_lr=R.B["fusion_head_lr"])
+                      for lr in R.B["fusion_lrs"]]
+    return specs
+
+
+def exp_fusion(R: Runner) -> None:
+    for task in R.B["fusion_tasks"]:
+        R.log(f"fusion: {task}")
+        R.need(fusion_specs(R, task))
+
+
 #: Priority order (the brief's): what runs first when time is short.
 EXPERIMENTS = {
     "table1": exp_table1,
@@ -406,6 +432,7 @@ EXPERIMENTS = {
     "seeds": exp_seeds,
     "mpnet": exp_mpnet,
     "recipe": exp_recipe,
+    "fusion": exp_fusion,
 }
 
 
@@ -413,7 +440,7 @@ def experiments_of(budget: str) -> list[str]:
     """The experiments a budget runs (its ``skip`` leaves some out), in priority order."""
     skip = BUDGETS[budget].get("skip", ())
     defined_by = {"levers": "levers_task", "longer": "longer_task", "pooler": "pooler", "seeds": "seeds_task",
-                  "mpnet": "mpnet_task", "recipe": "recipe_tasks"}  # only some budgets have these
+                  "mpnet": "mpnet_task", "recipe": "recipe_tasks", "fusion": "fusion_tasks"}  # only some budgets have these
     return [e for e in EXPERIMENTS
             if e not in skip and (e not in defined_by or defined_by[e] in BUDGETS[budget])]
 

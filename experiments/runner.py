@@ -62,6 +62,8 @@ def label_of(spec: dict) -> str:
         parts.append(f"e{spec['epochs']}")
     if "init_from" in spec:
         parts.append("seq")
+    if "fuse_from" in spec:  # AdapterFusion over these runs' adapters
+        parts.append("fuse-" + "+".join(s["task"].split("/")[-1] for s in spec["fuse_from"]))
     return "-".join(parts)
 
 
@@ -164,6 +166,7 @@ def _train_locked(spec: dict, out: Path) -> dict:
                          # recipe 2 reads the dropout's output unless its spec says otherwise; earlier runs the projection
                          site=spec.get("site", "after_dropout" if spec.get("recipe", 1) >= 2 else "before_dropout"),
                          probe_epochs=spec.get("probe_epochs", 0),
+                         fuse=tuple(str(ensure_trained(s) / "adapter") for s in spec.get("fuse_from", ())),
                          doc_stride=spec.get("doc_stride", 128),
                          lr=spec["lr"], epochs=spec["epochs"],
                          batch_size=spec["batch_size"], max_length=spec["max_length"], max_train=spec["max_train"],

@@ -418,3 +418,29 @@ def mpnet(d: Doc) -> None:
             d.add(f"| {model} | {method}, lr {r['spec']['lr']:g} | {r['result']['trainable_pct']:.2f}% | "
                   f"{fmt(score(r))} | {fmt(gap) if gap is not None else ''} |")
     d.add("")
+
+
+def fusion(d: Doc) -> None:
+    """AdapterFusion on small GLUE tasks against the single-task adapter and full FT (Table 1's choices)."""
+    d.add("## AdapterFusion on small GLUE tasks (issue 14)", "",
+          "AdapterFusion (Pfeiffer et al. 2021; `train --method fusion`, AdapterHub 1.3's dynamic fusion: query, key, "
+          "identity-initialised value, value regulariser) over Table 1's adapters (m = 64, best lr on validation) of "
+          f"the GLUE tasks other than the target ({', '.join(name(t) for t in d.B['fusion_sources'])}), and over those plus the "
+          "target's own adapter (last: its layer norms are the fusion's). The adapters stay frozen; the fusion layers "
+          f"train at lr {' and '.join(f'{lr:g}' for lr in d.B['fusion_lrs'])} (best on validation reported), the new "
+          f"head at {d.B['fusion_head_lr']:g}; same data, epochs and batch size as Table 1. Scores are validation "
+          "scores (x 100), so the best-of-grid choice favours every row alike.", "",
+          "| task | full FT | adapter (64) | fusion of the others | fusion of all |", "|---|---|---|---|---|")
+    for task in d.B["fusion_tasks"]:
+        specs = run.fusion_specs(d.R, task)
+        recs = d.need("fusion", specs) if specs else []
+        cells = []
+        for r in (run.table1_choice(d.R, task, "full"), run.table1_choice(d.R, task, "adapter", 64)):
+            cells.append("not run yet" if r is None else fmt(score(r)))
+        for own in (False, True):
+            mine = [r for s, r in zip(specs, recs) if r is not None and "error" not in r["result"]
+                    and (s["fuse_from"][-1]["task"] == task) == own]
+            best = run.best_of(mine) if mine else None
+            cells.append("not run yet" if best is None else f"{fmt(score(best))} (lr {best['spec']['lr']:g})")
+        d.add(f"| {name(task)} | " + " | ".join(cells) + " |")
+    d.add("")

@@ -31,8 +31,9 @@ def test_stack_applies_b_to_a_s_output_at_each_site(kind_b):
     stacked = logits(model, inputs)
     holder = model.bert.encoder.layer[1].output.dense.adapters
     seen = {}
-    holder.site.register_forward_hook(lambda m, args, out: seen.setdefault("h", out), prepend=True)  # before ours
-    holder.site.register_forward_hook(lambda m, args, out: seen.setdefault("out", out))  # after ours
+    hooked = holder.dropout if holder.sites["a"] == "after_dropout" else holder.projection  # the default site's
+    hooked.register_forward_hook(lambda m, args, out: seen.setdefault("h", out), prepend=True)  # before ours
+    hooked.register_forward_hook(lambda m, args, out: seen.setdefault("out", out))  # after ours
     with torch.no_grad():
         model(**inputs)
         h = seen["h"]  # the sublayer's own output, in the stacked pass

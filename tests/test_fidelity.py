@@ -108,20 +108,6 @@ def test_before_dropout_site_is_the_first_recipe_in_training():
     assert torch.equal(got, expected)
 
 
-def test_adapters_of_one_model_share_one_site():
-    model = tiny_model("bert")
-    ak.add_adapter(model, "a", ak.AdapterConfig(size=4, site="after_dropout"))
-    with pytest.raises(ValueError, match="same AdapterConfig.site"):
-        ak.add_adapter(model, "b", ak.AdapterConfig(size=4, site="before_dropout"))
-    assert ak.list_adapters(model) == ["a"]  # the failed add left nothing behind
-    ak.add_adapter(model, "c", ak.AdapterConfig(size=4, site="after_dropout"))
-    llama = tiny_model("llama")  # no dropout module: both sites are the projection
-    ak.add_adapter(llama, "a", ak.AdapterConfig(size=4, site="after_dropout"))
-    ak.add_adapter(llama, "b", ak.AdapterConfig(size=4, site="before_dropout"))
-    with pytest.raises(ValueError, match="unknown site"):
-        ak.AdapterConfig(site="middle")
-
-
 def test_spec_without_dropout_keeps_the_adapter_on_the_projection():
     spec = ak.PRESETS["bert"]
     plain = ak.ArchitectureSpec(tuple(ak.Stack(s.layers, s.attention_output, s.ffn_output, s.attention_input,

@@ -32,7 +32,8 @@ def fake_train(calls):
 def test_only_the_adapter_method_is_trained_once_per_size(method, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(S, "train", fake_train(calls))
-    summary = S.sweep(TrainConfig(output="unused", method=method), tmp_path, lrs=[1e-3, 1e-2], sizes=[4, 8, 16],
+    fuse = ("a", "b") if method == "fusion" else ()  # fusion needs the adapter directories it fuses
+    summary = S.sweep(TrainConfig(output="unused", method=method, fuse=fuse), tmp_path, lrs=[1e-3, 1e-2], sizes=[4, 8, 16],
                       epochs=[1, 2])
     names = [r["name"] for r in summary["runs"]]
     if method == "adapter":

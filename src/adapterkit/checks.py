@@ -212,7 +212,7 @@ def check_meta(meta: Any, shown: str) -> dict[str, Any]:
         if key in meta and not isinstance(meta[key], dict):
             raise bad(f"{key} is {type(meta[key]).__name__}, not {kind} (a JSON object)")
     try:
-        AdapterConfig.from_dict(meta["config"])
+        AdapterConfig.from_saved(meta["config"])
         HeadConfig.coerce(meta["head"], model_has_head=True)
     except (ValueError, TypeError) as e:  # AdapterConfigError, a bad head field
         raise bad(f"invalid adapter config ({e})") from None

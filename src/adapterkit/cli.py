@@ -138,7 +138,9 @@ def train(
     output: Annotated[str, typer.Option(help="run directory to create (metrics.json, adapter/, curves.png)")],
     model: Model = "minilm",
     task: Task = None,
-    method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head) or head")] = "adapter",
+    method: Annotated[str, typer.Option(help="adapter, full, top-k, ln (layer norms + head), head or fusion")] = "adapter",
+    fuse: Annotated[Optional[str], typer.Option(
+        help="--method fusion: adapter directories to fuse, comma-separated (AdapterFusion; they stay frozen)")] = None,
     adapter_size: Annotated[int, typer.Option(help="bottleneck size m")] = _DEFAULT.adapter_size,
     placement: Annotated[str, typer.Option(help="the adapter kind: houlsby, pfeiffer, parallel or parallel_ffn (adapterkit.kinds)")]
         = _DEFAULT.placement,
@@ -151,7 +153,7 @@ def train(
         help="adapter/ln/head: train the head's own copy of a BERT-style pooler (default: the model's, frozen)")]
         = _DEFAULT.train_pooler,
     site: Annotated[str, typer.Option(
-        help="adapter: read the sublayer output before_dropout (default) or after_dropout (adapter-bert's order)")]
+        help="adapter: read the sublayer output after_dropout (default: adapter-bert's and AdapterHub's order) or before_dropout (adapterkit 0.1's)")]
         = _DEFAULT.site,
     train_embedding_norm: Annotated[bool, typer.Option(
         help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")]
@@ -189,6 +191,7 @@ def train(
     layers = None if adapter_layers is None else tuple(_ints(adapter_layers, "--adapter-layers"))
     config = TrainConfig(output=output, model=model, task=task, method=method, adapter_size=adapter_size,
                          placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers,
+                         fuse=tuple(d for d in (fuse or "").split(",") if d),
                          train_pooler=train_pooler, train_embedding_norm=train_embedding_norm, site=site, lr=lr, head_lr=head_lr,
                          probe_epochs=probe_epochs,
                          epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,

@@ -16,6 +16,9 @@ from typing import Any
 from . import kinds
 
 SITES = ("after_dropout", "before_dropout")
+# What a saved config without ``site`` (written before the field existed: adapterkit 0.1 hooked the output
+# projection) ran at, whatever the default is now: see AdapterConfig.from_saved.
+SITE_WHEN_UNRECORDED = "before_dropout"
 # gelu_new = gelu_pytorch_tanh: the tanh approximation adapter-bert (and BERT's original code) uses; gelu: exact.
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "swish", "silu", "tanh", "identity")
 
@@ -74,7 +77,7 @@ class AdapterConfig:
                        reads that dropout's output ("after_dropout": adapter-bert's and AdapterHub's order,
                        LN(x + drop(h) + f(drop(h)))) or the projection's ("before_dropout": LN(x + drop(h + f(h))),
                        adapterkit 0.1's). Eval outputs are the same; training differs (docs/results.md, "The
-                       default recipe"). All adapters of one model share one site.
+                       default recipe"). Adapters of both sites can share one model (layers.BottleneckLayer).
     layers:            layer indices that get adapters (None: all). Counting runs over every layer stack
                        of the model in order (T5: encoder blocks, then decoder blocks).
     train_layer_norms: give the adapter its own copies of the layer norms, trained with it (as in the paper).
@@ -86,7 +89,7 @@ class AdapterConfig:
     activation: str = "gelu_new"
     init_std: float = 1e-3
     placement: str = "houlsby"
-    site: str = "before_dropout"
+    site: str = "after_dropout"
     scaling: float = 1.0
     layers: tuple[int, ...] | None = None
     train_layer_norms: bool = True
@@ -156,6 +159,12 @@ class AdapterConfig:
         if unknown:
             raise AdapterConfigError(f"unknown AdapterConfig field(s) {_r(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> "AdapterConfig":
+        """:meth:`from_dict` for a config adapterkit saved (adapter_config.json): one saved before ``site``
+        existed ran at SITE_WHEN_UNRECORDED, and keeps it when the default changes."""
+        return cls.from_dict({"site": SITE_WHEN_UNRECORDED, **d} if isinstance(d, dict) else d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -72,7 +72,7 @@ class Trained:
     model: torch.nn.Module
     tokenizer: object
     meta: dict
-    form: str  # "adapter" | "model"
+    form: str  # "adapter" | "fusion" | "model"
 
 
 def load_trained(adapter_dir: str | Path, model_name: str | None = None) -> Trained:
@@ -85,8 +85,13 @@ def load_trained(adapter_dir: str | Path, model_name: str | None = None) -> Trai
     else:
         model, tokenizer = load_model(model_name or meta.get("model", "minilm"), kind=_model_kind(kind),
                                       labels=meta.get("label_names"))
-        ak.load_adapter(model, adapter_dir, name=ADAPTER_NAME)
-        ak.set_active(model, ADAPTER_NAME)
+        if form == "fusion":  # the fused adapters from the directories the run recorded, then the fusion
+            for name, directory in meta["fused_adapters"].items():
+                ak.load_adapter(model, directory, name=name)
+            ak.set_active(model, ak.load_fusion(model, adapter_dir))
+        else:
+            ak.load_adapter(model, adapter_dir, name=ADAPTER_NAME)
+            ak.set_active(model, ADAPTER_NAME)
     model.eval()
     return Trained(model, tokenizer, meta, form)
 

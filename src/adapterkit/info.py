@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import AdapterConfig
 from .io import read_adapter_config
 from .methods import RUN_META_FILE, read_result_meta
 
@@ -16,12 +17,13 @@ from .methods import RUN_META_FILE, read_result_meta
 def describe(directory: str | Path) -> str:
     directory = Path(directory)
     form, meta = read_result_meta(directory)
-    lines = [f"{directory}  ({'adapter' if form == 'adapter' else 'saved model: ' + str(meta.get('method'))})"]
+    lines = [f"{directory}  ({form if form in ('adapter', 'fusion') else 'saved model: ' + str(meta.get('method'))})"]
     if form == "adapter":
         config = read_adapter_config(directory)  # checked by the library: AdapterLoadError if hostile
         c = config["config"]
         lines.append(f"  adapter    size {c['size']}, placement {c['placement']}, activation {c['activation']}, "
-                     f"layers {c['layers'] or 'all'}, layer norms {'trained' if c['train_layer_norms'] else 'shared'}")
+                     f"layers {c['layers'] or 'all'}, layer norms {'trained' if c['train_layer_norms'] else 'shared'}, "
+                     f"site {AdapterConfig.from_saved(c).site}")
         head = config["head"]
         lines.append(f"  head       {head['kind']}" + (f", labels {head['labels']}" if head.get("labels") else ""))
         base = config["base_model"]
@@ -30,6 +32,12 @@ def describe(directory: str | Path) -> str:
         order = ("adapter", "layer_norm", "head", "trainable", "base")
         lines.append("  params     " + ", ".join(f"{k} {counts[k + '_params']:,}" for k in order
                                                if isinstance(counts.get(k + "_params"), int)))
+    elif form == "fusion":
+        from .fusion_io import read_fusion_config
+
+        config = read_fusion_config(directory)
+        lines.append(f"  fusion     {config['name']!r} over " + ", ".join(f"{n} ({d})" for n, d in meta["fused_adapters"].items()))
+        lines.append(f"  head       {config['head']['kind']}")
     else:
         model_config = _json_object(directory / "config.json")
         lines.append(f"  model      {model_config.get('model_type')} {model_config.get('architectures')}")

@@ -100,18 +100,24 @@ def save_adapter(model: nn.Module, name: str, directory: str | os.PathLike, extr
         check_meta(parse_json(text), shown)  # what is written can be read back
     except ValueError as e:
         raise ValueError(f"extra cannot be saved so that it loads again ({e}); pass plain JSON data") from None
+    write_directory(directory, {WEIGHTS_FILE: weights, CONFIG_FILE: text}, _check_target)
+    return directory
+
+
+def write_directory(directory: Path, files: dict[str, bytes], check_target) -> None:
+    """Write ``files`` (name -> bytes) into a temporary sibling of ``directory``, fsync them, call
+    ``check_target(directory)`` again (nothing may have appeared there meanwhile), and rename it into place."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_directory(directory.parent, f".{directory.name}.tmp-")
     try:
-        _write(tmp / WEIGHTS_FILE, weights)
-        _write(tmp / CONFIG_FILE, text)
+        for filename, data in files.items():
+            _write(tmp / filename, data)
         _fsync(tmp)
-        _check_target(directory)  # again: nothing may have appeared there meanwhile
+        check_target(directory)
         replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
 
 
 def replace_directory(tmp: Path, directory: Path) -> None:
@@ -228,7 +234,7 @@ def load_checked(model: nn.Module, directory, real_dir: str, real_root: str | No
     """:func:`load_adapter` once the directory is resolved and its config read and checked (``check_meta``)."""
     shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
     name = meta["name"] if name is None else name
-    config = AdapterConfig.from_dict(meta["config"])
+    config = AdapterConfig.from_saved(meta["config"])
     head = HeadConfig.coerce(meta["head"], model_has_head=True)
     if check_base:
         _check_fingerprint(directory, meta["base_model"], fingerprint(model))

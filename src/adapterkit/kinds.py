@@ -53,6 +53,13 @@ class AdapterKind:
         """The sublayer's new output from its output ``h`` (..., d) and input ``x`` (None unless reads_input)."""
         raise NotImplementedError
 
+    fusable: bool = False  # whether ``branch`` gives what AdapterFusion attends over (fusion.py)
+
+    def branch(self, module: nn.Module, h: torch.Tensor, x: torch.Tensor | None, config: Any) -> torch.Tensor:
+        """The adapter's own output at a site (..., d), before it meets the sublayer's: what a fusion's keys and
+        values are (AdapterHub's ``bottleneck_up``). Kinds with ``fusable`` implement it."""
+        raise NotImplementedError(f"{self.name} adapters cannot be fused")
+
     def shapes(self, config: Any, hidden_size: int) -> dict[str, tuple[int, ...]]:
         """The state-dict shapes ``build`` gives, without allocating: by default ``build`` on the meta device.
         (A load checks a file's header against these before anything is built.)"""
@@ -76,8 +83,13 @@ class SerialBottleneck(AdapterKind):
         d, m = hidden_size, config.bottleneck_size(hidden_size)
         return {"down.weight": (m, d), "down.bias": (m,), "up.weight": (d, m), "up.bias": (d,)}
 
+    fusable = True
+
     def combine(self, module, h, x, config):  # (..., d) -> (..., d)
         return h + module(h)
+
+    def branch(self, module, h, x, config):  # (..., d) -> (..., d): f(h)
+        return module(h)
 
 
 class ParallelBottleneck(SerialBottleneck):
@@ -85,9 +97,12 @@ class ParallelBottleneck(SerialBottleneck):
 
     reads_input = True
     scaled = True
+    fusable = False  # AdapterHub fuses parallel adapters on the sublayer input as query; not matched here
 
     def combine(self, module, h, x, config):  # x: (..., d_in) -> (..., d)
         return h + module(x) * config.scaling
+
+    branch = AdapterKind.branch
 
 
 _REGISTRY: dict[str, AdapterKind] = {}

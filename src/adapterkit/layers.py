@@ -3,9 +3,9 @@
 Nothing in the user's model is replaced, subclassed or copied. Each adapted module gets a child named
 ``adapters`` (an :class:`AdapterModule`) and a forward hook that rewrites the module's output:
 
-* :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out; after the dropout that follows the
-  output projection where the model has one, as in adapter-bert); each adapter's kind (``kinds.py``) says
-  how its module meets the output, e.g.
+* :class:`BottleneckLayer` on a sublayer's output (attention out, FFN out), at each adapter's own site: the
+  output projection, or the dropout that follows it where the model has one (``AdapterConfig.site``); each
+  adapter's kind (``kinds.py``) says how its module meets the output, e.g.
       serial   (houlsby, pfeiffer):  h -> h + up(act(down(h)))
       parallel (He et al. 2022):     h -> h + s * up(act(down(x)))   x = the sublayer's input
 * :class:`ModuleCopies` on a layer norm or a task-head module: each adapter owns a copy of the module
@@ -15,7 +15,9 @@ Hooks instead of wrapper modules keep every pretrained parameter under its own s
 ``save_pretrained`` / ``from_pretrained`` of the base model keep working with adapters attached.
 
 All of them read one :class:`Routing` object per model that says what is active: ``None`` (the base model,
-bit-exact), an adapter name, or one name (or None) per example of the batch (mixed-task batches).
+bit-exact), an adapter name, a ``Stack``, a ``Parallel`` (``parallel.py`` replicates the batch where its
+first adapter acts, then it routes like a mixed batch), or one entry (a name, a ``Stack`` or None) per example
+of the batch (mixed-task batches).
 """
 
 from __future__ import annotations
@@ -27,31 +29,57 @@ from typing import Any
 import torch
 from torch import nn
 
-from .composition import Stack
+from .composition import Fuse, Parallel, Stack
 from .kinds import AdapterKind
 
 
+Entry = str | Stack | None  # what one row of a mixed batch runs through
+
+
 class Routing:
-    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack`, or a list with one
-    name (or None) per batch row."""
+    """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack`, a
+    :class:`~adapterkit.composition.Fuse`, a :class:`~adapterkit.composition.Parallel`, or a list with one
+    entry (name, Stack or None) per batch row."""
 
     def __init__(self) -> None:
-        self.active: str | None | Stack | tuple[str | None, ...] = None
-        self._groups: dict[torch.device, list[tuple[str | None, torch.Tensor]]] = {}
+        self.active: str | None | Stack | Parallel | tuple[Entry, ...] = None
+        self.rows: tuple[Entry, ...] | None = None  # one entry per row: the mixed list, or a Parallel's replicated batch
+        self.hooks: list = []  # a Parallel's replication hooks (parallel.py): removed when the routing changes
+        self._groups: dict[torch.device, list[tuple[Entry, torch.Tensor]]] = {}
 
-    def set(self, active: str | None | Stack | Sequence[str | None]) -> None:
-        self.active = active if active is None or isinstance(active, (str, Stack)) else tuple(active)
+    def set(self, active: str | None | Stack | Fuse | Parallel | Sequence[Entry]) -> None:
+        while self.hooks:
+            self.hooks.pop().remove()
+        self.active = active if active is None or isinstance(active, (str, Stack, Fuse, Parallel)) else tuple(active)
+        self.rows = self.active if isinstance(self.active, tuple) else None
         self._groups = {}
 
+    def replicate(self, batch: int) -> None:
+        """The active Parallel's batch of ``batch`` rows is now N x ``batch`` rows (parallel.py): its i-th
+        member routes rows ``[i*batch, (i+1)*batch)``, as a mixed batch sorted by task."""
+        rows = tuple(m for m in self.active.members for _ in range(batch))
+        if rows != self.rows:
+            self.rows, self._groups = rows, {}
+
+    def idle(self, here: nn.ModuleDict) -> bool:
+        """A Parallel is active and none of its adapters has a module in ``here``: leave the output alone
+        (the holder may sit below the point where the batch is replicated)."""
+        return isinstance(self.active, Parallel) and not any(n in here for n in self.active.names)
+
     @property
-    def owner(self) -> str | None:
+    def owner(self) -> str | None | Parallel | tuple:
         """The adapter whose layer norms and head are used (one routing for the whole batch): the active one,
-        or a stack's last."""
-        return self.active.last if isinstance(self.active, Stack) else self.active
+        or a stack's (or fusion's) last."""
+        return self.active.last if isinstance(self.active, (Stack, Fuse)) else self.active
+
+    @property
+    def head_owner(self) -> str | None:
+        """Whose head copy is used: a fusion's own (it trains one), else :attr:`owner`'s."""
+        return self.active.name if isinstance(self.active, Fuse) else self.owner
 
     @property
     def mixed(self) -> bool:
-        return isinstance(self.active, tuple)
+        return self.rows is not None
 
     def groups(self, device: torch.device) -> list[tuple[str | None, torch.Tensor | slice]]:
         """Rows per name for a mixed batch, built once per (routing, device), in order of first appearance.
@@ -61,7 +89,7 @@ class Routing:
         ``torch.cat``, no gather/scatter. Otherwise each group is a LongTensor of row indices."""
         if device not in self._groups:
             rows: dict[str | None, list[int]] = {}
-            for i, name in enumerate(self.active):
+            for i, name in enumerate(self.rows):
                 rows.setdefault(name, []).append(i)
             if all(r[-1] - r[0] + 1 == len(r) for r in rows.values()):
                 self._groups[device] = [(n, slice(r[0], r[-1] + 1)) for n, r in rows.items()]
@@ -70,14 +98,14 @@ class Routing:
         return self._groups[device]
 
     def check_batch(self, batch_size: int) -> None:
-        if len(self.active) != batch_size:
+        if len(self.rows) != batch_size:
             raise ValueError(
-                f"mixed routing names {len(self.active)} examples but the batch has {batch_size} rows; "
+                f"mixed routing names {len(self.rows)} examples but the batch has {batch_size} rows; "
                 "pass one adapter name (or None) per example"
             )
 
     def __getstate__(self):  # cached index tensors are not worth copying
-        return {"active": self.active, "_groups": {}}
+        return {"active": self.active, "rows": self.rows, "hooks": [], "_groups": {}}
 
 
 class AdapterModule(nn.Module):
@@ -125,29 +153,40 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 class BottleneckLayer(AdapterModule):
-    """Per-adapter modules on one sublayer output, each combined with it as its kind says (``kinds.py``).
-    It hangs on the output projection (so its weights are named after it) and hooks ``output_module``: the
-    projection itself, or the dropout right after it. Kinds that read the sublayer's input get it from a
-    forward pre-hook on ``input_module``, registered only while some adapter here needs it."""
+    """Per-adapter modules on one sublayer output, each combined with it as its kind says (``kinds.py``),
+    each at its own ``AdapterConfig.site``. It hangs on the output projection (so its weights are named after
+    it) and hooks the projection (``before_dropout`` adapters: LN(x + drop(h + f(h)))) and, while some
+    adapter here is ``after_dropout``, the dropout right after it (LN(x + drop(h) + f(drop(h))), adapter-bert's
+    and AdapterHub's order). Without such a dropout (``dropout=None``) every adapter sits on the projection.
+    Kinds that read the sublayer's input get it from a forward pre-hook on ``input_module``, registered only
+    while some adapter here needs it."""
 
     role = "adapter"
 
-    def __init__(self, routing: Routing, output_module: nn.Module):
+    def __init__(self, routing: Routing, projection: nn.Module, dropout: nn.Module | None = None):
         super().__init__(routing)
         self.kinds: dict[str, tuple[AdapterKind, Any]] = {}  # adapter name -> (its kind, its AdapterConfig)
+        self.fusions = nn.ModuleDict()  # fusion name -> its attention here (fusion.FusionLayer)
+        self.sites: dict[str, str] = {}  # adapter name -> where it is applied here: "before_dropout" | "after_dropout"
         self._sublayer_input: torch.Tensor | None = None
         self._handles = []
         self._capture_handle = None  # the sublayer-input hook, while some adapter here reads the input
-        self.__dict__["site"] = output_module  # the hooked module (a plain attribute, not a submodule)
-        self._hook(output_module.register_forward_hook, self._on_output)
+        self._dropout_handle = None  # the dropout's hook, while some adapter here is after_dropout
+        self.__dict__["projection"] = projection  # hooked modules: plain attributes, not submodules
+        self.__dict__["dropout"] = dropout
+        self._hook(projection.register_forward_hook, self._on_projection)
 
     def add(self, name: str, module: nn.Module, kind: AdapterKind, config: Any, input_module: nn.Module | None = None) -> None:
         """Adapter ``name``'s ``module`` of ``kind`` here; ``input_module`` is the sublayer's (for kinds that read it)."""
         self.adapters[name] = module
         self.kinds[name] = (kind, config)
+        self.sites[name] = "after_dropout" if config.site == "after_dropout" and self.dropout is not None else "before_dropout"
         if kind.reads_input and self._capture_handle is None:  # hook the input only while some adapter needs it
             self._capture_handle = input_module.register_forward_pre_hook(self._capture_input, with_kwargs=True)
             self._handles.append(self._capture_handle)
+        if self.sites[name] == "after_dropout" and self._dropout_handle is None:  # likewise the dropout
+            self._dropout_handle = self.dropout.register_forward_hook(self._on_dropout)
+            self._handles.append(self._dropout_handle)
 
     @property
     def reads_input(self) -> bool:
@@ -156,15 +195,24 @@ class BottleneckLayer(AdapterModule):
     def remove(self, name: str) -> None:
         super().remove(name)
         self.kinds.pop(name, None)
+        if name in self.fusions:
+            del self.fusions[name]
+        self.sites.pop(name, None)
         if not self.reads_input and self._capture_handle is not None:  # the last reader here: unhook the input
-            self._capture_handle.remove()
-            self._handles.remove(self._capture_handle)
+            self._unhook(self._capture_handle)
             self._capture_handle = None
             self._sublayer_input = None
+        if "after_dropout" not in self.sites.values() and self._dropout_handle is not None:
+            self._unhook(self._dropout_handle)
+            self._dropout_handle = None
+
+    def _unhook(self, handle) -> None:
+        handle.remove()
+        self._handles.remove(handle)
 
     def detach_hooks(self) -> None:
         super().detach_hooks()
-        self._capture_handle = None
+        self._capture_handle = self._dropout_handle = None
 
     def _capture_input(self, module, args, kwargs):
         if self.reads_input:
@@ -174,44 +222,80 @@ class BottleneckLayer(AdapterModule):
         kind, config = self.kinds[name]
         return kind.combine(self.adapters[name], h, x if kind.reads_input else None, config)
 
-    def _on_output(self, module, args, h: torch.Tensor):  # h: (B, T, d)
-        active = self.routing.active
-        x, self._sublayer_input = self._sublayer_input, None
-        if active is None:
-            return None
-        if isinstance(active, Stack):  # each adapter of the stack that has a module here reads the previous output
-            names = [n for n in active.names if n in self.adapters]
-            for name in names:
-                h = self._combine(name, h, x)
-            return h if names else None
-        if not self.routing.mixed:
-            return self._combine(active, h, x) if active in self.adapters else None
-        self.routing.check_batch(h.shape[0])
-        return self._apply_mixed(h, x)
+    # Bound methods, not lambdas, as hooks: copy.deepcopy and pickle of the model then keep them pointing at
+    # the copy's holder.
+    def _on_projection(self, module, args, h: torch.Tensor):
+        return self._rewrite(h, "before_dropout")
 
-    def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        """Each row through its own adapter, grouped by adapter. Gathering per-row weights for one batched
-        matmul (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping
-        works for every adapter kind without copying weights per row."""
+    def _on_dropout(self, module, args, h: torch.Tensor):
+        return self._rewrite(h, "after_dropout")
+
+    def _rewrite(self, h: torch.Tensor, site: str):  # h: (B, T, d), the output of the module hooked for ``site``
+        """The hooked module's output with the active adapters that sit at ``site`` applied (None: unchanged)."""
+        x = self._sublayer_input
+        if site == "after_dropout" or self._dropout_handle is None:  # the last hook of the sublayer: let x go
+            self._sublayer_input = None
+        active = self.routing.active
+        if active is None or self.routing.idle(self.adapters):
+            return None
+        if isinstance(active, Fuse):  # the fused adapters share one site (add_fusion checks)
+            return self._fuse(active, h, x) if any(self._here(n, site) for n in active.names) else None
+        if not self.routing.mixed:  # one adapter or one Stack for the whole batch
+            return self._apply_entry(active, h, x, site) if self._has(active, site) else None
+        self.routing.check_batch(h.shape[0])
         groups = self.routing.groups(h.device)
+        return self._apply_mixed(h, x, groups, site) if any(self._has(n, site) for n, _ in groups) else None
+
+    def _here(self, name: str, site: str) -> bool:
+        return name in self.adapters and self.sites[name] == site
+
+    def _has(self, entry: Entry, site: str) -> bool:
+        """Whether a routing entry (a name, a Stack, None) has a module here at ``site``."""
+        if isinstance(entry, Stack):
+            return any(self._here(n, site) for n in entry.names)
+        return isinstance(entry, str) and self._here(entry, site)
+
+    def _apply_entry(self, entry: str | Stack, h: torch.Tensor, x: torch.Tensor | None, site: str) -> torch.Tensor:
+        """An entry's modules at ``site`` on ``h``; a stack's one after the other, each reading the previous
+        output (set_active keeps a stack's before_dropout adapters first)."""
+        if isinstance(entry, Stack):
+            for name in entry.names:
+                if self._here(name, site):
+                    h = self._combine(name, h, x)
+            return h
+        return self._combine(entry, h, x)
+
+    def _fuse(self, block: Fuse, h: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor | None:
+        """AdapterHub's ``compose_fuse``: query and residual are the sublayer output h, keys and values the
+        fused adapters' branches (``AdapterKind.branch``) stacked on a new axis."""
+        names = [n for n in block.names if n in self.adapters]
+        if not names:
+            return None
+        branches = [self.kinds[n][0].branch(self.adapters[n], h, x, self.kinds[n][1]) for n in names]
+        ups = torch.stack(branches).permute(1, 2, 0, 3)  # (N, B, T, d) -> (B, T, N, d)
+        return self.fusions[block.name](h, ups, h)
+
+    def _apply_mixed(self, h: torch.Tensor, x: torch.Tensor | None, groups, site: str) -> torch.Tensor:
+        """Each row through its own entry (a name or a Stack), grouped by entry; rows whose adapter sits at the
+        other site (or is the base model's) pass unchanged. Gathering per-row weights for one batched matmul
+        (bmm) measured no faster on CPU (benchmarks/mixed_batch.py, ``mixed_gathered``), and grouping works for
+        every adapter kind without copying weights per row."""
         rows_of = lambda t, rows: None if t is None else t[rows]  # noqa: E731
+        apply = lambda name, rows, hr, xr: self._apply_entry(name, hr, xr, site) if self._has(name, site) else hr  # noqa: E731
         if isinstance(groups[0][1], slice) and not torch.is_grad_enabled():  # inference: write into one output
             out = torch.empty_like(h)
-            for name, rows in groups:  # rows of other adapters and of the base model pass unchanged
-                out[rows] = self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
+            for name, rows in groups:
+                out[rows] = apply(name, rows, h[rows], rows_of(x, rows))
             return out
         if isinstance(groups[0][1], slice):  # contiguous groups: work on views
-            pieces = [self._combine(name, h[rows], rows_of(x, rows)) if name in self.adapters else h[rows]
-                      for name, rows in groups]
+            pieces = [apply(name, rows, h[rows], rows_of(x, rows)) for name, rows in groups]
             return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        out = None
+        out = h.clone()
         for name, rows in groups:
-            if name in self.adapters:
-                combined = self._combine(name, h.index_select(0, rows), None if x is None else x.index_select(0, rows))
-                out = h.clone() if out is None else out
-                out.index_copy_(0, rows, combined)
-        return h if out is None else out
-
+            if self._has(name, site):
+                out.index_copy_(0, rows, self._apply_entry(name, h.index_select(0, rows),
+                                                           None if x is None else x.index_select(0, rows), site))
+        return out
 
 class ModuleCopies(AdapterModule):
     """Per-adapter copies of a layer norm or a task head; an adapter's copy replaces the module's output."""
@@ -228,6 +312,10 @@ class ModuleCopies(AdapterModule):
         if role == "layer_norm":
             self._hook(module.register_forward_pre_hook, self._swap_in)
 
+    @property
+    def _owner(self) -> str | None:
+        return self.routing.head_owner if self.role == "head" else self.routing.owner
+
     def copy_of_base(self) -> nn.Module:
         """A fresh copy of the module with the base module's current weights."""
         clone = copy.deepcopy(self._template)
@@ -241,12 +329,17 @@ class ModuleCopies(AdapterModule):
     def add(self, name: str, module: nn.Module) -> None:
         self.adapters[name] = module
 
+    def _copy_for(self, entry: Entry) -> nn.Module | None:
+        """The copy a routing entry uses here (a stack uses its last adapter's), or None: the module's own."""
+        name = entry.last if isinstance(entry, Stack) else entry
+        return self.adapters[name] if isinstance(name, str) and name in self.adapters else None
+
     def _swap_in(self, module, args) -> None:
         """One active adapter: the norm runs once, with the adapter's parameters in place of the base
         module's, and ``_on_output`` puts the base ones back. (Re-running a copy after the base norm cost a
         few percent of inference, in page faults for the extra output: see docs/benchmarks.md.)"""
         self._restore(module)  # a forward that raised last time may have left them swapped
-        active = self.routing.owner
+        active = self._owner
         if isinstance(active, str) and active in self.adapters:
             self._swapped = dict(module._parameters)
             module._parameters.update(self.adapters[active]._parameters)
@@ -260,20 +353,23 @@ class ModuleCopies(AdapterModule):
         if self._swapped is not None:  # the norm already ran with the active adapter's parameters
             self._restore(module)
             return None
-        active = self.routing.owner
-        if active is None:
+        active = self._owner
+        if active is None or self.routing.idle(self.adapters):
             return None
         if not self.routing.mixed:
             return self.adapters[active](*args, **kwargs) if active in self.adapters else None
         x = _first_tensor(args, kwargs)
         self.routing.check_batch(x.shape[0])
         groups = self.routing.groups(x.device)
-        if self.role == "layer_norm" and isinstance(groups[0][1], slice) and _affine_layer_norm(self._base):
+        # A Parallel's norms run per task block, as each task alone would (exact); a mixed batch's in one go.
+        if (self.role == "layer_norm" and isinstance(groups[0][1], slice) and _affine_layer_norm(self._base)
+                and not isinstance(self.routing.active, Parallel)):
             return self._mixed_layer_norm(x, groups)
         pieces = []
         for name, rows in groups:
             take = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, rows))
-            pieces.append((rows, self.adapters[name](take(x)) if name in self.adapters else take(out)))
+            copy_here = self._copy_for(name)
+            pieces.append((rows, take(out) if copy_here is None else copy_here(take(x))))
         # Heads of different tasks may differ in width: pad to the widest (zeros); see mixed.py.
         width = max(p.shape[-1] for _, p in pieces)
         if isinstance(pieces[0][0], slice):
@@ -289,7 +385,8 @@ class ModuleCopies(AdapterModule):
         (weight and bias of its adapter's copy, or the base module's), one fused multiply-add."""
         weights, biases = [], []
         for name, rows in groups:
-            norm = self.adapters[name] if name in self.adapters else self._base
+            norm = self._copy_for(name)
+            norm = self._base if norm is None else norm
             weights.append(norm.weight.expand(rows.stop - rows.start, -1))
             biases.append(norm.bias.expand(rows.stop - rows.start, -1))
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)  # (B, 1, ..., d)

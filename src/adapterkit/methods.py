@@ -8,6 +8,8 @@ One training loop serves every method; a method only decides what is trainable a
   top-k    the top K transformer layers + everything above them (pooler, head): the paper's
            "variable fine-tuning" baseline.
   full     every parameter (full fine-tuning).
+  fusion   AdapterFusion (Pfeiffer et al. 2021) over saved adapters (``fuse``: their directories): the fusion
+           layers + a new head train, the adapters and the model stay frozen (fusion.py).
 
 ``ln`` and ``head`` reuse the core's adapter machinery so that their result is an ordinary adapter
 directory (``eval``/``predict``/``info``/``load_adapter`` treat it like any other): they add an adapter
@@ -15,7 +17,8 @@ whose bottleneck is an exact identity (``init_std=0``: all-zero weights, so ``h 
 and keep that bottleneck frozen; only its layer-norm copies (``ln``) and its head train. The identity
 bottleneck is as small as the core allows (size 1, one per layer, ``pfeiffer``; ``head`` puts it in the
 last layer only), costing < 0.01% extra compute. ``full`` and ``top-k`` change base weights, so they
-save a whole model with ``save_pretrained`` (plus the tokenizer) instead.
+save a whole model with ``save_pretrained`` (plus the tokenizer) instead. ``fusion`` saves a fusion
+directory (fusion_io.py) whose run metadata names the fused adapters' directories ("fused_adapters").
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +40,7 @@ from .architectures import detect, layer_lists
 from .config import DEFAULT_SIZE
 from .model import adapter_modules
 
-METHODS = ("adapter", "full", "top-k", "ln", "head")
+METHODS = ("adapter", "full", "top-k", "ln", "head", "fusion")
 ADAPTER_NAME = "task"
 #: Written next to a full / top-k model in ``adapter/``: what adapter_config.json's "extra" holds for adapters.
 RUN_META_FILE = "adapterkit_run.json"
@@ -114,11 +118,16 @@ class MethodConfig:
     method: str = "adapter"
     adapter: ak.AdapterConfig = field(default_factory=ak.AdapterConfig)
     top_layers: int = 2  # K for --method top-k
-    train_pooler: bool = False  # adapter/ln/head: HeadConfig.train_pooler
+    train_pooler: bool = False  # adapter/ln/head/fusion: HeadConfig.train_pooler
+    fuse: tuple[str, ...] = ()  # --method fusion: the directories of the adapters to fuse (saved by adapterkit)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise MethodError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        self.fuse = tuple(str(Path(d).resolve()) for d in self.fuse or ())
+        if (self.method == "fusion") != bool(self.fuse):
+            raise MethodError("--method fusion needs --fuse DIR_a,DIR_b,... (adapter directories saved by adapterkit)"
+                              if self.method == "fusion" else "--fuse goes with --method fusion")
         self.adapter = _as_adapter_config(self.adapter)
         if not (isinstance(self.top_layers, int) and self.top_layers >= 1):
             raise MethodError("--top-layers must be at least 1")
@@ -167,6 +176,44 @@ def adapter_config_for(method: MethodConfig, model: nn.Module) -> ak.AdapterConf
                             train_embedding_norm=method.method == "ln" and method.train_embedding_norm)
 
 
+def fused_names(directories: tuple[str, ...]) -> list[str]:
+    """A name per fused adapter directory: the task its run recorded (else the folder's name), made unique."""
+    names = []
+    for i, directory in enumerate(directories):
+        task = ak.read_adapter_config(directory).get("extra", {}).get("task")
+        path = Path(directory)
+        base = task if isinstance(task, str) else (path.parent.name if path.name == "adapter" else path.name)
+        base = re.sub(r"[^A-Za-z0-9_\-]", "_", base)[:64] or f"adapter{i}"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _prepare_fusion(model: nn.Module, method: MethodConfig, kind: str, label_names: list[str] | None) -> None:
+    """Load the adapters of ``method.fuse`` (frozen) and add a fusion over them with a new head, to train."""
+    names = fused_names(method.fuse)
+    for name, directory in zip(names, method.fuse):
+        ak.load_adapter(model, directory, name=name)
+    block = ak.Fuse(*names)
+    ak.add_fusion(model, block, head=head_for(kind, label_names, method.train_pooler))
+    ak.train_fusion(model, block)
+
+
+def fusion_block(model: nn.Module) -> "ak.Fuse":
+    """The one fusion --method fusion trained on ``model``."""
+    return ak.list_fusions(model)[0]
+
+
+def extra_loss(model: nn.Module, method: MethodConfig):
+    """What the training loss adds for ``method``: AdapterFusion's value regulariser (else 0)."""
+    if method.method != "fusion":
+        return 0.0
+    reg = ak.fusion_regularization_loss(model, fusion_block(model))
+    return 0.0 if reg is None else reg
+
+
 def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list[str] | None,
             label_mean: float | None = None) -> list[nn.Parameter]:
     """Set up ``model`` for ``method`` (adds the adapter where needed, sets requires_grad) and return
@@ -183,6 +230,8 @@ def prepare(model: nn.Module, method: MethodConfig, kind: str, label_names: list
                 if holder.role == "adapter":
                     for p in holder.adapter_parameters(ADAPTER_NAME):
                         p.requires_grad_(False)
+    elif method.method == "fusion":
+        _prepare_fusion(model, method, kind, label_names)
     elif method.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -199,8 +248,9 @@ def head_parameters(model: nn.Module, method: MethodConfig) -> list[nn.Parameter
     for full / top-k the model's own head modules. ``--head-lr`` applies to these."""
     from .architectures import head_modules
 
-    if method.uses_adapter:
-        params = [p for _, h in adapter_modules(model) if h.role == "head" for p in h.adapter_parameters(ADAPTER_NAME)]
+    if method.uses_adapter or method.method == "fusion":
+        owner = ADAPTER_NAME if method.uses_adapter else fusion_block(model).name
+        params = [p for _, h in adapter_modules(model) if h.role == "head" for p in h.adapter_parameters(owner)]
     else:
         params = [p for m in head_modules(model, detect(model)) for p in m.parameters()]
     return [p for p in params if p.requires_grad]
@@ -209,8 +259,9 @@ def head_parameters(model: nn.Module, method: MethodConfig) -> list[nn.Parameter
 def _set_output_bias(model: nn.Module, method: MethodConfig, value: float) -> None:
     from .architectures import head_modules
 
-    if method.uses_adapter:
-        heads = [h.adapters[ADAPTER_NAME] for _, h in adapter_modules(model) if h.role == "head"]
+    if method.uses_adapter or method.method == "fusion":
+        owner = ADAPTER_NAME if method.uses_adapter else fusion_block(model).name
+        heads = [h.adapters[owner] for _, h in adapter_modules(model) if h.role == "head"]
     else:
         heads = head_modules(model, detect(model))
     linears = [m for head in heads[-1:] for m in head.modules() if isinstance(m, nn.Linear)]
@@ -254,6 +305,10 @@ def save_result(model: nn.Module, tokenizer, method: MethodConfig, directory: Pa
     if method.uses_adapter:
         ak.save_adapter(model, ADAPTER_NAME, directory, extra=meta)
         return
+    if method.method == "fusion":  # the fusion, with references to the adapters it fuses
+        block = fusion_block(model)
+        ak.save_fusion(model, block, directory, extra={**meta, "fused_adapters": dict(zip(block.names, method.fuse))})
+        return
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -261,10 +316,18 @@ def save_result(model: nn.Module, tokenizer, method: MethodConfig, directory: Pa
 
 
 def read_result_meta(directory: str | Path) -> tuple[str, dict]:
-    """("adapter" | "model", the run's metadata) of a directory written by :func:`save_result`."""
+    """("adapter" | "fusion" | "model", the run's metadata) of a directory written by :func:`save_result`."""
+    from .fusion_io import FUSION_CONFIG_FILE, read_fusion_config
     from .runs import check_run_meta
 
     directory = Path(directory)
+    if (directory / FUSION_CONFIG_FILE).is_file():
+        meta = check_run_meta(read_fusion_config(directory).get("extra", {}), str(directory / FUSION_CONFIG_FILE))
+        fused = meta.get("fused_adapters")
+        if not isinstance(fused, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fused.items()):
+            raise ak.AdapterLoadError(f"{directory / FUSION_CONFIG_FILE} names no fused adapter directories "
+                                      "(extra.fused_adapters); it was not written by 'adapterkit train --method fusion'")
+        return "fusion", meta
     if (directory / "adapter_config.json").is_file():
         config = ak.read_adapter_config(directory)
         return "adapter", check_run_meta(config.get("extra", {}) if isinstance(config, dict) else None,
@@ -276,7 +339,7 @@ def read_result_meta(directory: str | Path) -> tuple[str, dict]:
         except RecursionError:
             meta = None
         return "model", check_run_meta(meta, str(path))
-    raise ak.AdapterLoadError(f"{directory} is neither an adapter directory nor a model saved by "
+    raise ak.AdapterLoadError(f"{directory} is neither an adapter or fusion directory nor a model saved by "
                               "'adapterkit train'; pass the adapter/ folder of a training run")
 
 
@@ -290,5 +353,6 @@ def named_trainable(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
-__all__ = ["ADAPTER_NAME", "ADAPTER_OPTIONS", "METHODS", "MethodConfig", "MethodError", "count_parameters", "head_for", "head_parameters", "prepare",
+__all__ = ["ADAPTER_NAME", "ADAPTER_OPTIONS", "METHODS", "MethodConfig", "MethodError", "count_parameters", "extra_loss",
+           "fused_names", "head_for", "head_parameters", "prepare",
            "read_result_meta", "save_result", "trainable_state"]

@@ -8,7 +8,12 @@
 The routing itself lives in ``layers.py`` (``set_active(model, [name or None, ...])``): each adapter layer
 applies, per row, that row's bottleneck, and each task head is applied to its own rows. Heads of different
 widths are padded with zeros to the widest in the model's output; :func:`predict_mixed` cuts every row back
-to its own task's width, so callers never see the padding.
+to its own task's width, so callers never see the padding. A row may also name a ``Stack("lang", "task")``.
+
+``Parallel`` (``parallel.py``) gives every task's output for the same inputs in one pass:
+
+    out = predict_parallel(model, ["great film", "boring"], ["sentiment", "topic"], tokenizer=tok)
+    out["sentiment"]   # (2, 2): both inputs through the sentiment adapter;  out["topic"]: (2, 5)
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from torch import nn
 
 from .architectures import head_modules
+from .composition import Parallel, Stack
 from .model import get_state, use_adapter
 
 Text = str | tuple[str, str] | list[str]
@@ -33,9 +39,10 @@ def _last_linear_width(module: nn.Module) -> int | None:
     return getattr(module, "nf", None)  # transformers' Conv1D
 
 
-def head_width(model: nn.Module, task: str | None) -> int | None:
-    """How many outputs task ``task``'s head has (``None``: the base model's head); ``None`` when the
-    model has no task head of its own (e.g. a causal LM, whose logits are the vocabulary)."""
+def head_width(model: nn.Module, task: str | Stack | None) -> int | None:
+    """How many outputs task ``task``'s head has (``None``: the base model's head; a Stack: its last
+    adapter's); ``None`` when the model has no task head of its own (e.g. a causal LM)."""
+    task = task.last if isinstance(task, Stack) else task
     state = model.__dict__.get("adapterkit")
     heads = head_modules(model, state.spec) if state is not None else []
     if not heads:
@@ -68,18 +75,16 @@ def encode(tokenizer, inputs: Sequence[Text], max_length: int | None = 512) -> d
 def predict_mixed(
     model: nn.Module,
     inputs: Mapping[str, torch.Tensor] | Sequence[Text],
-    tasks: Sequence[str | None],
+    tasks: Sequence[str | Stack | None],
     tokenizer=None,
     max_length: int | None = 512,
 ) -> list[torch.Tensor]:
-    """Run one forward pass in which row ``i`` uses adapter ``tasks[i]`` (``None``: the base model) and
+    """Run one forward pass in which row ``i`` uses adapter ``tasks[i]`` (a name, a ``Stack``, or ``None``:
+    the base model) and
     return each row's logits, cut to its own head's width (``(num_labels,)`` per row for a sequence
     classifier). ``inputs``: tokenised tensors (``input_ids``, ``attention_mask``...) or, with
     ``tokenizer``, a list of texts / (text, pair) items. The previously active adapter is restored after."""
-    if not isinstance(inputs, Mapping):
-        if tokenizer is None:
-            raise ValueError("pass a tokenizer to predict_mixed when the inputs are texts")
-        inputs = encode(tokenizer, inputs, max_length)
+    inputs = _tensors(inputs, tokenizer, max_length, "predict_mixed")
     tasks = list(tasks)
     rows = next(v for v in inputs.values() if torch.is_tensor(v)).shape[0]
     if len(tasks) != rows:
@@ -105,4 +110,45 @@ def predict_mixed(
     return result
 
 
-__all__ = ["encode", "head_width", "predict_mixed"]
+def _tensors(inputs, tokenizer, max_length: int | None, caller: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(inputs, Mapping):
+        return inputs
+    if tokenizer is None:
+        raise ValueError(f"pass a tokenizer to {caller} when the inputs are texts")
+    return encode(tokenizer, inputs, max_length)
+
+
+def split_parallel(model: nn.Module, block: Parallel, output: torch.Tensor) -> dict[str | Stack, torch.Tensor]:
+    """A Parallel pass's output (N x B rows, heads padded to the widest) as {member: its B rows, cut to its
+    head's width}; a member that is a Stack is keyed by the Stack."""
+    n = len(block.members)
+    if output.shape[0] % n:
+        raise ValueError(f"{block!r}: an output of {output.shape[0]} rows is not {n} blocks of rows")
+    rows = output.shape[0] // n
+    result = {}
+    for i, member in enumerate(block.members):
+        width = head_width(model, member)
+        piece = output[i * rows : (i + 1) * rows]
+        result[member] = piece if width is None else piece[..., :width]
+    return result
+
+
+@torch.inference_mode()
+def predict_parallel(
+    model: nn.Module,
+    inputs: Mapping[str, torch.Tensor] | Sequence[Text],
+    tasks: Parallel | Sequence[str | Stack],
+    tokenizer=None,
+    max_length: int | None = 512,
+) -> dict[str | Stack, torch.Tensor]:
+    """Every task's logits for the same inputs, in one ``Parallel`` pass: {task: (B, its head's width)}.
+    ``inputs`` as for :func:`predict_mixed`. The previously active adapter is restored after."""
+    block = tasks if isinstance(tasks, Parallel) else Parallel(*tasks)
+    inputs = _tensors(inputs, tokenizer, max_length, "predict_parallel")
+    get_state(model)
+    with use_adapter(model, block):
+        out = model(**inputs)
+    return split_parallel(model, block, out.logits if hasattr(out, "logits") else out[0])
+
+
+__all__ = ["encode", "head_width", "predict_mixed", "predict_parallel", "split_parallel"]

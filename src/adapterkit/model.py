@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, detect, embedding_norm_module, head_modules, pooler_module, resolve
-from .composition import Average, Stack
+from . import parallel
+from .composition import Average, Fuse, Parallel, Stack, adapter_names
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
 from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
@@ -33,6 +34,7 @@ class AdapterState:
     configs: dict[str, AdapterConfig] = field(default_factory=dict)
     heads: dict[str, HeadConfig] = field(default_factory=dict)
     base_labels: tuple | None = None  # (id2label, label2id, problem_type) of the model as loaded
+    fusions: dict = field(default_factory=dict)  # fusion name -> fusion.FusionRecord (its block, config, head)
 
 
 def _label_fields(model: nn.Module) -> tuple | None:
@@ -102,14 +104,13 @@ def _output_dim(module: nn.Module) -> int:
     raise ValueError(f"cannot tell the output width of {type(module).__name__}; use an nn.Linear output projection")
 
 
-def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
-    """(output projection, the module whose output the adapter rewrites, sublayer input module) for each
-    sublayer its kind (``config.kind.sublayers``) puts a module on. The holder hangs on the projection (its
-    state-dict keys name it), the hook on the dropout after it for ``site="after_dropout"`` where there is one."""
-    after = config.site == "after_dropout"
-    sites = {"attention": (layer.attention_output, layer.attention_site if after else layer.attention_output, layer.attention_input),
-             "ffn": (layer.ffn_output, layer.ffn_site if after else layer.ffn_output, layer.ffn_input)}
-    return [sites[sublayer] for sublayer in config.kind.sublayers]
+def _sublayers(layer: LayerSites, config: AdapterConfig) -> list[tuple[nn.Module, nn.Module | None, nn.Module]]:
+    """(output projection, the dropout right after it or None, sublayer input module) for each sublayer its
+    kind (``config.kind.sublayers``) puts a module on. The holder hangs on the projection (its state-dict keys
+    name it) and applies each adapter at its own site (``layers.BottleneckLayer``)."""
+    sites = {"attention": (layer.attention_output, layer.attention_site, layer.attention_input),
+             "ffn": (layer.ffn_output, layer.ffn_site, layer.ffn_input)}
+    return [(out, None if dropout is out else dropout, inp) for out, dropout, inp in (sites[s] for s in config.kind.sublayers)]
 
 
 @dataclass
@@ -118,7 +119,7 @@ class _Plan:
     allocated: the steps in order, and the state-dict shapes the new adapter's tensors will have."""
 
     head: HeadConfig
-    steps: list[tuple]  # ("bottleneck", output projection, hooked site, input module, d) | ("norm", module)
+    steps: list[tuple]  # ("bottleneck", output projection, its dropout or None, input module, d) | ("norm", module)
     #                     | ("head", module, resize)
     shapes: dict[str, tuple[int, ...]]  # key without the adapter's name (as in an adapter file) -> shape
 
@@ -150,14 +151,14 @@ def _plan(model: nn.Module, spec: ArchitectureSpec, config: AdapterConfig, head)
     for index, layer in enumerate(layers):
         if config.layers is not None and index not in config.layers:
             continue
-        for output_module, site, input_module in _sublayers(layer, config):
+        for output_module, dropout, input_module in _sublayers(layer, config):
             d = _output_dim(output_module)
             m = config.bottleneck_size(d)
             if m > MAX_SIZE_FACTOR * d:
                 raise AdapterConfigError(
                     f"bottleneck size {m} is over {MAX_SIZE_FACTOR}x the hidden size {d} of {paths[id(output_module)]}; "
                     f"use a size of at most {MAX_SIZE_FACTOR * d} (adapters are usually 8 to 256 wide)")
-            steps.append(("bottleneck", output_module, site, input_module, d))
+            steps.append(("bottleneck", output_module, dropout, input_module, d))
             expect(output_module, config.kind.shapes(config, d))
         if config.train_layer_norms:
             for norm in layer.layer_norms:
@@ -272,14 +273,11 @@ def _insert(model: nn.Module, name: str, config: AdapterConfig, head, spec: Arch
 def _build(model, name, config, plan, routing, created, touched) -> None:
     for step in plan.steps:
         if step[0] == "bottleneck":
-            _, output_module, site, input_module, d = step
+            _, output_module, dropout, input_module, d = step
             reference = next(output_module.parameters())
             module = config.kind.build(config, d)
             module.to(device=reference.device, dtype=reference.dtype)
-            holder = _holder(output_module, lambda s=site: BottleneckLayer(routing, s), created)
-            if holder.site is not site:
-                raise ValueError(f"this model's adapters read their sublayer's output at another site than site="
-                                 f"{config.site!r}; give every adapter of one model the same AdapterConfig.site")
+            holder = _holder(output_module, lambda o=output_module, p=dropout: BottleneckLayer(routing, o, p), created)
             touched.append(holder)
             holder.add(name, module, config.kind, config, input_module)
         elif step[0] == "norm":
@@ -316,28 +314,49 @@ def _rollback(model, name, state, new_state, created, touched) -> None:
         del model.__dict__["adapterkit"]
 
 
-def set_active(model: nn.Module, active: str | None | Stack | Sequence[str | None]) -> nn.Module:
-    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")`` (composition.py), or
-    one name/None per batch row."""
+def set_active(model: nn.Module, active: str | None | Stack | Fuse | Parallel | Sequence[str | Stack | None]) -> nn.Module:
+    """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")``, a fusion added with
+    ``add_fusion`` (``Fuse("a", "b")``; fusion.py) or a ``Parallel("a", "b")`` (composition.py, parallel.py),
+    or one entry per batch row: a name, a Stack or None."""
     state = get_state(model) if active is not None else model.__dict__.get("adapterkit")
     if state is None:
         return model
-    names = [active] if active is None or isinstance(active, str) else list(active.names) if isinstance(active, Stack) else list(active)
-    for n in names:
-        if n is not None:
+    if active is None or isinstance(active, (str, Stack, Fuse, Parallel)):
+        entries = [active]
+    else:
+        entries = list(active)
+        for e in entries:
+            if isinstance(e, (Fuse, Parallel)):
+                raise ValueError(f"a row of a mixed batch takes an adapter name, a Stack or None, not {e!r}; "
+                                 f"activate a {type(e).__name__} for the whole batch: set_active(model, {e!r})")
+    for n in entries:
+        if n is not None and not isinstance(n, (Stack, Fuse, Parallel)):
             _require(model, n)
-    if isinstance(active, Stack):
-        _check_stack(model, active)
+    for n in adapter_names([e for e in entries if isinstance(e, (Stack, Fuse, Parallel))]):
+        _require(model, n)
+    stacks = {e for e in entries if isinstance(e, Stack)} | {m for e in entries if isinstance(e, Parallel)
+                                                             for m in e.members if isinstance(m, Stack)}
+    for stack in stacks:
+        _check_stack(model, stack)
+    if isinstance(active, Fuse) and (active.name not in state.fusions or state.fusions[active.name].block != active):
+        raise KeyError(f"no fusion {active!r} on this model (fusions: {', '.join(map(repr, (r.block for r in state.fusions.values()))) or 'none'}); "
+                       "add it with adapterkit.add_fusion or load it with adapterkit.load_fusion first")
+    hooks = parallel.attach(model, state.spec, state.routing, active) if isinstance(active, Parallel) else []
     state.routing.set(active)
+    state.routing.hooks = hooks
     if state.base_labels is not None:
-        owner = state.routing.owner
-        head = state.heads[owner] if isinstance(owner, str) else HeadConfig("own")
+        owner = state.routing.head_owner
+        head = (state.fusions[owner].head if isinstance(active, Fuse) else state.heads[owner]) if isinstance(owner, str) else HeadConfig("own")
         _set_label_fields(model, _head_label_fields(head, state.base_labels))
     return model
 
 
 def _check_stack(model: nn.Module, stack: Stack) -> None:
-    """Refuse a stack in which an adapter whose branch reads the sublayer's input (a parallel kind) shares a
+    """Refuse a stack that lists an ``after_dropout`` adapter before a ``before_dropout`` one at a sublayer
+    where both sit and the sites differ: each stacked adapter runs at its own site, in the stack's order,
+    and the projection's output exists before its dropout's, so that order cannot be kept.
+
+    Refuse a stack in which an adapter whose branch reads the sublayer's input (a parallel kind) shares a
     site with another adapter of the stack. AdapterHub's Stack (adapters 1.3, ``BottleneckLayer.compose_stack``)
     gives every parallel adapter the sublayer's input again, not the previous adapter's output, and its
     ``post_forward`` adds only the last adapter's result: Stack(a, b) of two parallel adapters computes b alone
@@ -348,6 +367,14 @@ def _check_stack(model: nn.Module, stack: Stack) -> None:
         if not isinstance(holder, BottleneckLayer):
             continue
         here = [n for n in stack.names if n in holder.adapters]
+        at_dropout = [holder.sites[n] == "after_dropout" for n in here]
+        if at_dropout != sorted(at_dropout):  # an after_dropout adapter before a before_dropout one
+            first = at_dropout.index(True)
+            late, early = here[first], here[at_dropout.index(False, first)]
+            raise ValueError(
+                f"{stack!r}: {early!r} (site before_dropout) cannot follow {late!r} (site after_dropout) at "
+                f"{path.removesuffix('.adapters')}: each stacked adapter runs at its own site, and the output "
+                "projection comes before its dropout; put the before_dropout adapters first in the stack")
         readers = [n for n in here if holder.kinds[n][0].reads_input]
         if len(here) > 1 and readers:
             reader, others = readers[0], [n for n in here if n != readers[0]]
@@ -359,13 +386,13 @@ def _check_stack(model: nn.Module, stack: Stack) -> None:
             )
 
 
-def active_adapter(model: nn.Module) -> str | None | tuple[str | None, ...]:
+def active_adapter(model: nn.Module) -> str | None | Stack | Parallel | tuple[str | Stack | None, ...]:
     state = model.__dict__.get("adapterkit")
     return None if state is None else state.routing.active
 
 
 @contextlib.contextmanager
-def use_adapter(model: nn.Module, active: str | None | Sequence[str | None]):
+def use_adapter(model: nn.Module, active: str | None | Stack | Parallel | Sequence[str | Stack | None]):
     """``with use_adapter(model, "sst2"):`` -- activate for the block, then restore what was active."""
     before = active_adapter(model)
     set_active(model, active)
@@ -415,6 +442,9 @@ def train_adapter(model: nn.Module, name: str) -> nn.Module:
 
 def remove_adapter(model: nn.Module, name: str) -> nn.Module:
     state = _require(model, name)
+    users = [f for f, record in state.fusions.items() if name in record.block.names]
+    if users:
+        raise ValueError(f"adapter {name!r} is fused by {users[0]!r}; remove_fusion(model, {users[0]!r}) first")
     for path, holder in list(adapter_modules(model)):
         holder.remove(name)
         if not holder.adapters:  # last adapter here: unhook and drop the holder
@@ -422,7 +452,7 @@ def remove_adapter(model: nn.Module, name: str) -> nn.Module:
             del model.get_submodule(path.rpartition(".")[0])._modules["adapters"]
     del state.configs[name], state.heads[name]
     active = state.routing.active
-    if active == name or (isinstance(active, tuple) and name in active) or (isinstance(active, Stack) and name in active.names):
+    if name in adapter_names(active):
         set_active(model, None)
     return model
 

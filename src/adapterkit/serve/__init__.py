@@ -6,6 +6,8 @@
 Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   POST   /v1/predict           {"task": "sentiment", "inputs": ["text", ["text", "pair"], ...]}
                                -> {"task", "predictions": [{"label", "scores": {label: prob}} | {"score": x}]}
+  POST   /v1/predict/parallel  {"tasks": ["sentiment", "topic"], "inputs": [...]} -> {"results": [{"task",
+                               "predictions"}, ...]}: every task for every input, one Parallel pass (parallel.py)
   GET    /v1/adapters          the loaded adapters with their heads and label names
   POST   /v1/adapters          {"name", "path"}: load a saved adapter directory while serving (safetensors only,
                                config, limits, fingerprint and checksums checked before anything is allocated;
@@ -16,6 +18,10 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   DELETE /v1/adapters/{name}   unload
   GET    /healthz              200 while the worker is alive
   GET    /metrics              Prometheus text: requests, inputs, batches, batch sizes, tasks per batch, latency
+On a causal LM (``--model smollm2``, a ``*ForCausalLM`` directory), with LM adapters (openai_api.py):
+  GET    /v1/models            the base model and the LM adapters, as OpenAI lists models
+  POST   /v1/completions       OpenAI's completions (``model`` = an adapter or the base model; ``stream``: SSE)
+  POST   /v1/chat/completions  OpenAI's chat completions, through the tokenizer's chat template
 
 How it works. One worker thread owns the model. HTTP handlers validate a request, check every limit (inputs,
 characters, room in the queue), tokenise it on a small thread pool, then queue it and wait until its deadline
@@ -47,6 +53,8 @@ The modules, in reading order:
   batcher.py    Engine: the FIFO, the worker thread, dynamic batching, load/unload between batches
   schemas.py    the pydantic request and response bodies
   app.py        create_app: the FastAPI routes around an Engine
+  decode_loop.py  DecodeLoop: continuous batching for generation (rows join and leave between decode steps)
+  openai_schemas.py, openai_api.py  the OpenAI-style generation routes around a DecodeLoop
   server.py     serve() (load, bind, run uvicorn) and main() (argparse); __main__.py runs main()
 """
 

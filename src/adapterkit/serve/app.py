@@ -35,7 +35,8 @@ from .. import __version__
 from .batcher import Engine
 from .schemas import AdapterInfo, AdapterList, Health, LoadRequest, PredictResponse, Unloaded, errors, predict_request
 from .settings import Conflict, Expired, Forbidden, ServeError, ServeSettings, safe
-from .tasks import parse_adapters, tokenize
+from .parallel import add_parallel_route
+from .tasks import is_causal_lm, parse_adapters, tokenize
 
 log = logging.getLogger("adapterkit.serve")
 _TYPE_TAG = re.compile(r"^[a-z-]+\[.*\]$")  # "function-after[_utf8(), str]", "list[...]" in a loc
@@ -112,9 +113,10 @@ async def wait(future: concurrent.futures.Future):
 
 
 def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None = None,
-               settings: ServeSettings | None = None, model_name: str | None = None):
+               settings: ServeSettings | None = None, model_name: str | None = None, generation=None):
     """A FastAPI app serving ``model`` with ``adapters`` ({name: directory} or ["name=dir", ...]) loaded.
-    The worker starts with the app (lifespan) and stops with it."""
+    The worker starts with the app (lifespan) and stops with it. On a causal LM the OpenAI-style generation
+    routes are added too (:mod:`.openai_api`; ``generation``: its GenerationLimits)."""
     settings = settings or ServeSettings()
     engine = Engine(model, tokenizer, settings)
     for name, path in parse_adapters(adapters or {}).items():
@@ -132,9 +134,14 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
     @asynccontextmanager
     async def lifespan(app):
         engine.start()
+        decoding = app.state.generation  # the generation loop (causal LMs), else None
+        if decoding is not None:
+            decoding.start()
         try:
             yield
         finally:
+            if decoding is not None:
+                decoding.stop()
             engine.stop()
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -210,6 +217,9 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             names = sorted(engine.tasks)
             known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") or "none"
             return refuse(404, f"unknown task {safe(body.task, 200)!r}; loaded adapters: {known}")
+        if task.kind == "lm":
+            return refuse(422, f"{task.name!r} is a language-model adapter; use POST /v1/completions or "
+                          f"/v1/chat/completions with model={task.name!r}", loc=["body", "task"])
         # Every limit is checked before any work is done for the request: counts, characters, queue room.
         if len(body.inputs) > settings.max_inputs:
             return refuse(413, f"{len(body.inputs)} inputs in one request; the limit is {settings.max_inputs}")
@@ -260,6 +270,11 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
         engine.metrics.prediction(name, 200, len(body.inputs), time.perf_counter() - started)
         return {"task": task.name, "predictions": result}
 
+    async def tokenize_async(inputs, max_length):
+        return await asyncio.get_running_loop().run_in_executor(pool, tokenize_here, inputs, max_length)
+
+    add_parallel_route(app, engine, settings, tokenize_async, error)  # POST /v1/predict/parallel (serve/parallel.py)
+
     @app.get("/v1/adapters", response_model=AdapterList)
     async def adapters_list():
         return {"adapters": [t.describe() for t in engine.tasks.values()]}
@@ -300,6 +315,12 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
                   "adapterkit_max_queue": settings.max_queue, "adapterkit_max_batch_size": settings.max_batch_size}
         return PlainTextResponse(engine.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
+    app.state.generation = None
+    if is_causal_lm(model):
+        from .openai_api import GenerationLimits, add_generation_routes
+
+        app.state.generation = add_generation_routes(app, engine, tokenizer, settings, model_name, engine.model_limit,
+                                                     generation or GenerationLimits())
     return app
 
 

@@ -75,6 +75,8 @@ class Engine:
         self._admitted_rows = 0  # rows waiting or running (back-pressure)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Held for every batch and adapter load/unload here, and every generation step (decode_loop.py).
+        self.model_lock = threading.RLock()
         self._loads = threading.BoundedSemaphore(MAX_PENDING_LOADS)
         self._checker = concurrent.futures.ThreadPoolExecutor(MAX_PENDING_LOADS, thread_name_prefix="adapterkit-load")
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -280,12 +282,15 @@ class Engine:
                 if not item.future.set_running_or_notify_cancel():
                     continue  # the caller went away before it ran
                 try:
-                    item.future.set_result(item.fn())
+                    with self.model_lock:
+                        result = item.fn()
+                    item.future.set_result(result)
                 except BaseException as e:  # noqa: BLE001 - reported to the caller, never fatal
                     item.future.set_exception(e)
                 continue
             try:
-                self._run_batch(item)
+                with self.model_lock:
+                    self._run_batch(item)
             except BaseException as e:  # noqa: BLE001 - a bug here must not stop the worker
                 log.exception("batch failed outside the model")
                 for r in item:

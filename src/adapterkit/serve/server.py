@@ -22,14 +22,18 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
           max_inputs: int = 64, max_length: int = 256, max_chars: int = 20_000, max_body_bytes: int = 8 << 20,
           request_timeout: float = 30.0, tokenize_threads: int = 2, read_only: bool = False,
           threads: int | None = None, log_level: str = "info", access_log: bool = False,
-          adapter_root: str | Sequence[str] | None = None) -> None:
+          adapter_root: str | Sequence[str] | None = None, max_tokens: int = 512,
+          max_prompt_tokens: int = 2048) -> None:
     """Load ``model`` (an alias such as ``minilm``, or a model directory) with ``adapters`` ("name=dir") and
     serve until interrupted. ``port=0`` picks a free port; the bound address is printed on stdout.
 
     Hot loading (``POST /v1/adapters``) accepts any directory on the server unless ``adapter_root`` (one
     directory or several) or ``read_only`` is given: with ``adapter_root``, only directories that resolve
     (symlinks followed) inside one of those roots are loaded, others get 403, and every file is checked again
-    when it is read (its real path must stay inside the root); ``read_only`` refuses all."""
+    when it is read (its real path must stay inside the root); ``read_only`` refuses all.
+
+    A causal LM (``smollm2``, a ``*ForCausalLM`` directory) serves LM adapters with the OpenAI-style routes
+    (:mod:`.openai_api`): ``max_tokens`` caps a request's ``max_tokens``, ``max_prompt_tokens`` its prompt."""
     import uvicorn
 
     from ..models import load_model
@@ -42,8 +46,11 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
                              max_inputs=max_inputs, max_length=max_length, max_chars=max_chars,
                              max_body_bytes=max_body_bytes, request_timeout_s=request_timeout,
                              tokenize_threads=tokenize_threads, read_only=read_only, adapter_roots=adapter_root or ())
-    net, tokenizer = load_model(model, kind="classification")
-    app = create_app(net, tokenizer, adapters, settings, model_name=model)
+    from .openai_api import GenerationLimits, serving_kind
+
+    generation = GenerationLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens)
+    net, tokenizer = load_model(model, kind=serving_kind(model))
+    app = create_app(net, tokenizer, adapters, settings, model_name=model, generation=generation)
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,7 +67,8 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="adapterkit serve", description="Serve many task adapters on one backbone "
-                                f"over HTTP, with mixed-task dynamic batching. {HOT_LOADING}")
+                                f"over HTTP, with mixed-task dynamic batching; on a causal LM, OpenAI-style generation with LM adapters "
+                                "(/v1/completions, /v1/chat/completions). {HOT_LOADING}")
     # Every dest is a parameter of serve(), which gets them all by name.
     p.add_argument("--model", default="minilm", help="model alias (minilm, mpnet) or a local model directory")
     p.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=DIR",
@@ -85,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="hot loading accepts only directories that resolve (symlinks followed) inside DIR, and "
                    "only files whose real paths stay inside it; others get 403/400 (repeatable). Without it any "
                    "directory on the server can be loaded")
+    p.add_argument("--max-tokens", type=int, default=512,
+                   help="causal LMs: the most tokens one generation request may ask for (max_tokens) before 422")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048,
+                   help="causal LMs: the most prompt tokens one generation request may send before 422")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true")

@@ -25,7 +25,7 @@ SERVED_HEADS = ("classification", "regression", "own")
 class Task:
     name: str
     path: str | None
-    kind: str  # "classification" | "regression"
+    kind: str  # "classification" | "regression" | "lm" (generation: /v1/completions, /v1/chat/completions)
     labels: tuple[str, ...]  # label names (classification); () for regression
     max_length: int
 
@@ -50,9 +50,16 @@ def task_from_model(model, name: str, path: str | None, meta: dict, settings: Se
     length = extra.get("max_length")
     if length is not None and not (type(length) is int and length > 0):  # noqa: E721 - not a bool
         raise BadAdapter(f"adapter {name!r}: extra.max_length in adapter_config.json is not a positive integer")
-    if head.kind not in SERVED_HEADS or extra.get("kind") in ("qa", "lm"):
+    causal = is_causal_lm(model)
+    if extra.get("kind") == "lm" or (causal and head.kind in ("own", "shared") and extra.get("kind") in (None, "lm")):
+        if not causal:
+            raise BadAdapter(f"adapter {name!r} is a language-model adapter; serve it on a causal LM "
+                             "(--model smollm2 or a *ForCausalLM directory)")
+        return Task(name, path, "lm", (), _max_length(extra, settings, model_limit))
+    if head.kind not in SERVED_HEADS or extra.get("kind") == "qa" or causal:
         raise BadAdapter(f"adapter {name!r} has a {extra.get('kind') or head.kind} head; the server serves "
-                         "sequence classification and regression adapters")
+                         "sequence classification and regression adapters, and language-model adapters on "
+                         "a causal LM")
     width = head_width(model, name)
     max_length = _max_length(extra, settings, model_limit)
     regression = head.kind == "regression" or (head.kind == "own" and extra.get("kind") == "regression")
@@ -62,6 +69,11 @@ def task_from_model(model, name: str, path: str | None, meta: dict, settings: Se
     if not labels or len(labels) != width:
         labels = tuple(f"LABEL_{i}" for i in range(width or 0))
     return Task(name, path, "classification", tuple(str(x) for x in labels), max_length)
+
+
+def is_causal_lm(model) -> bool:
+    """A text generator (``*ForCausalLM``, GPT-2's ``*LMHeadModel``): the server serves LM adapters on it."""
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 def _max_length(extra: dict, settings: ServeSettings, model_limit: int | None) -> int:
