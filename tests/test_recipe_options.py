@@ -87,6 +87,9 @@ def test_an_adapters_new_head_learns_at_the_default_head_lr(tiny, tmp_path, monk
     lrs, metrics = _groups_of(tiny, tmp_path / "default", monkeypatch)
     assert lrs == [1e-3, T.DEFAULT_HEAD_LR["adapter"]["classification"]] == [1e-3, 3e-2]
     assert metrics["head_lr"] == 3e-2 and metrics["config"]["head_lr"] is None  # the effective lr, and the option
+    # a run recorded before this default (no default_head_lr) is not taken for one made with it
+    assert metrics["config"]["default_head_lr"] == {"classification": 3e-2, "regression": 3e-2}
+    assert "default_head_lr" not in _config(tiny, tmp_path / "x", head_lr=1e-3).recorded()
 
 
 @pytest.mark.parametrize("method, kw", [("adapter", {"head_lr": 1e-3}), ("head", {}), ("full", {"lr": 1e-4})])
@@ -166,6 +169,6 @@ def test_site_flows_from_train_into_the_saved_adapter(tiny, tmp_path):
     assert metrics["site"] == "after_dropout"
     saved = json.loads((tmp_path / "site" / "adapter" / "adapter_config.json").read_text())
     assert saved["config"]["site"] == "after_dropout"
-    assert TrainConfig(output="x").site == "before_dropout" == ak.AdapterConfig().site
+    assert TrainConfig(output="x").site == "after_dropout" == ak.AdapterConfig().site  # the paper's order (issue 12)
     with pytest.raises(ValueError, match="--site must be after_dropout or before_dropout"):
         _config(tiny, tmp_path / "x", site="middle")

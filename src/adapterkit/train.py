@@ -141,6 +141,8 @@ class TrainConfig(MethodConfig):
             if f.name not in ADAPTER_OPTIONS.values() and getattr(self.adapter, f.name) != f.default:
                 d[f"adapter_{f.name}"] = getattr(self.adapter, f.name)
         d["lr"] = self.learning_rate
+        if self.head_lr is None and self.method in DEFAULT_HEAD_LR:  # the head lrs this run's defaults give, per
+            d["default_head_lr"] = DEFAULT_HEAD_LR[self.method]       # task kind: runs before them compare unequal
         return d
 
     @staticmethod
