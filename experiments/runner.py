@@ -161,7 +161,8 @@ def _train_locked(spec: dict, out: Path) -> dict:
                          adapter_size=spec.get("adapter_size", 64), top_layers=spec.get("top_layers", 2),
                          init_std=spec.get("init_std", 1e-3), adapter_layers=spec.get("adapter_layers"),
                          bf16=spec.get("bf16", False), train_pooler=spec.get("train_pooler", False),
-                         head_lr=spec.get("head_lr"), train_embedding_norm=spec.get("train_embedding_norm", False),
+                         head_lr=spec.get("head_lr", spec["lr"]),  # unset: the head at the run's lr (the default before issue 12)
+                          train_embedding_norm=spec.get("train_embedding_norm", False),
                          # recipe 2 reads the dropout's output unless its spec says otherwise; earlier runs the projection
                          site=spec.get("site", "after_dropout" if spec.get("recipe", 1) >= 2 else "before_dropout"),
                          probe_epochs=spec.get("probe_epochs", 0),

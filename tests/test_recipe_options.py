@@ -74,12 +74,29 @@ def test_train_puts_the_head_in_its_own_optimiser_group(tiny, tmp_path, monkeypa
     assert json.loads((tmp_path / method / "metrics.json").read_text())["head_lr"] == 2e-2
 
 
-def test_without_head_lr_there_is_one_group(tiny, tmp_path, monkeypatch):
+def _groups_of(tiny, out, monkeypatch, **kw):
     seen = {}
     real = torch.optim.AdamW
-    monkeypatch.setattr(T.torch.optim, "AdamW", lambda groups, **kw: seen.setdefault("g", groups) and real(groups, **kw))
-    train(_config(tiny, tmp_path / "one"))
-    assert len(seen["g"]) == 1
+    monkeypatch.setattr(T.torch.optim, "AdamW", lambda groups, **k: seen.setdefault("g", groups) and real(groups, **k))
+    metrics = train(_config(tiny, out, **kw))
+    return [g["lr"] for g in seen["g"]], metrics
+
+
+def test_an_adapters_new_head_learns_at_the_default_head_lr(tiny, tmp_path, monkeypatch):
+    """Issue 12's recipe: without --head-lr an adapter's classification head trains at 3e-2, the rest at lr."""
+    lrs, metrics = _groups_of(tiny, tmp_path / "default", monkeypatch)
+    assert lrs == [1e-3, T.DEFAULT_HEAD_LR["adapter"]["classification"]] == [1e-3, 3e-2]
+    assert metrics["head_lr"] == 3e-2 and metrics["config"]["head_lr"] is None  # the effective lr, and the option
+    # a run recorded before this default (no default_head_lr) is not taken for one made with it
+    assert metrics["config"]["default_head_lr"] == {"classification": 3e-2, "regression": 3e-2}
+    assert "default_head_lr" not in _config(tiny, tmp_path / "x", head_lr=1e-3).recorded()
+
+
+@pytest.mark.parametrize("method, kw", [("adapter", {"head_lr": 1e-3}), ("head", {}), ("full", {"lr": 1e-4})])
+def test_a_head_at_the_runs_lr_is_one_group(tiny, tmp_path, monkeypatch, method, kw):
+    """--head-lr equal to --lr (the recipe before issue 12), and methods without a head default: one group."""
+    lrs, metrics = _groups_of(tiny, tmp_path / method, monkeypatch, method=method, **kw)
+    assert len(lrs) == 1 and metrics["head_lr"] == lrs[0]
 
 
 def test_bad_head_lr_is_refused(tiny, tmp_path):
@@ -152,6 +169,6 @@ def test_site_flows_from_train_into_the_saved_adapter(tiny, tmp_path):
     assert metrics["site"] == "after_dropout"
     saved = json.loads((tmp_path / "site" / "adapter" / "adapter_config.json").read_text())
     assert saved["config"]["site"] == "after_dropout"
-    assert TrainConfig(output="x").site == "before_dropout" == ak.AdapterConfig().site
+    assert TrainConfig(output="x").site == "after_dropout" == ak.AdapterConfig().site  # the paper's order (issue 12)
     with pytest.raises(ValueError, match="--site must be after_dropout or before_dropout"):
         _config(tiny, tmp_path / "x", site="middle")

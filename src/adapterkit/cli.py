@@ -153,13 +153,13 @@ def train(
         help="adapter/ln/head: train the head's own copy of a BERT-style pooler (default: the model's, frozen)")]
         = _DEFAULT.train_pooler,
     site: Annotated[str, typer.Option(
-        help="adapter: read the sublayer output before_dropout (default) or after_dropout (adapter-bert's order)")]
+        help="adapter: read the sublayer output after_dropout (default: adapter-bert's and AdapterHub's order) or before_dropout (adapterkit 0.1's)")]
         = _DEFAULT.site,
     train_embedding_norm: Annotated[bool, typer.Option(
         help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")]
         = _DEFAULT.train_embedding_norm,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
-    head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: --lr)")] = None,
+    head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: 3e-2 for an adapter's classification or regression head, else --lr)")] = None,
     probe_epochs: Annotated[int, typer.Option(
         help="LP-FT warm start: the first N epochs train only the head, then everything trains")] = 0,
     epochs: int = 3,

@@ -89,7 +89,7 @@ class AdapterConfig:
     activation: str = "gelu_new"
     init_std: float = 1e-3
     placement: str = "houlsby"
-    site: str = "before_dropout"
+    site: str = "after_dropout"
     scaling: float = 1.0
     layers: tuple[int, ...] | None = None
     train_layer_norms: bool = True
