@@ -16,8 +16,8 @@ Hooks instead of wrapper modules keep every pretrained parameter under its own s
 
 All of them read one :class:`Routing` object per model that says what is active: ``None`` (the base model,
 bit-exact), an adapter name, a ``Stack``, a ``Parallel`` (``parallel.py`` replicates the batch where its
-first adapter acts, then it routes like a mixed batch), or one entry (a name, a ``Stack`` or None) per example
-of the batch (mixed-task batches).
+first adapter acts, then it routes like a mixed batch), or one entry (a name, a ``Stack``, a ``Fuse`` or None)
+per example of the batch (mixed-task batches).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from .composition import Fuse, Parallel, Stack
 from .kinds import AdapterKind
 
 
-Entry = str | Stack | None  # what one row of a mixed batch runs through
+Entry = str | Stack | Fuse | None  # what one row of a mixed batch runs through
 
 
 class Routing:
     """What is active: None, one adapter name, a :class:`~adapterkit.composition.Stack`, a
     :class:`~adapterkit.composition.Fuse`, a :class:`~adapterkit.composition.Parallel`, or a list with one
-    entry (name, Stack or None) per batch row."""
+    entry (name, Stack, Fuse or None) per batch row."""
 
     def __init__(self) -> None:
         self.active: str | None | Stack | Parallel | tuple[Entry, ...] = None
@@ -250,14 +250,17 @@ class BottleneckLayer(AdapterModule):
         return name in self.adapters and self.sites[name] == site
 
     def _has(self, entry: Entry, site: str) -> bool:
-        """Whether a routing entry (a name, a Stack, None) has a module here at ``site``."""
-        if isinstance(entry, Stack):
+        """Whether a routing entry (a name, a Stack, a Fuse, None) has a module here at ``site``."""
+        if isinstance(entry, (Stack, Fuse)):
             return any(self._here(n, site) for n in entry.names)
         return isinstance(entry, str) and self._here(entry, site)
 
-    def _apply_entry(self, entry: str | Stack, h: torch.Tensor, x: torch.Tensor | None, site: str) -> torch.Tensor:
+    def _apply_entry(self, entry: str | Stack | Fuse, h: torch.Tensor, x: torch.Tensor | None, site: str) -> torch.Tensor:
         """An entry's modules at ``site`` on ``h``; a stack's one after the other, each reading the previous
-        output (set_active keeps a stack's before_dropout adapters first)."""
+        output (set_active keeps a stack's before_dropout adapters first); a fusion's attention over its
+        adapters' branches (a mixed-batch row that names a Fuse)."""
+        if isinstance(entry, Fuse):
+            return self._fuse(entry, h, x)
         if isinstance(entry, Stack):
             for name in entry.names:
                 if self._here(name, site):
@@ -330,8 +333,12 @@ class ModuleCopies(AdapterModule):
         self.adapters[name] = module
 
     def _copy_for(self, entry: Entry) -> nn.Module | None:
-        """The copy a routing entry uses here (a stack uses its last adapter's), or None: the module's own."""
-        name = entry.last if isinstance(entry, Stack) else entry
+        """The copy a routing entry uses here (a stack uses its last adapter's; a fusion its last adapter's
+        layer norms and its own head, as :attr:`Routing.head_owner`), or None: the module's own."""
+        if isinstance(entry, Fuse):
+            name = entry.name if self.role == "head" else entry.last
+        else:
+            name = entry.last if isinstance(entry, Stack) else entry
         return self.adapters[name] if isinstance(name, str) and name in self.adapters else None
 
     def _swap_in(self, module, args) -> None:

@@ -8,7 +8,8 @@
 The routing itself lives in ``layers.py`` (``set_active(model, [name or None, ...])``): each adapter layer
 applies, per row, that row's bottleneck, and each task head is applied to its own rows. Heads of different
 widths are padded with zeros to the widest in the model's output; :func:`predict_mixed` cuts every row back
-to its own task's width, so callers never see the padding. A row may also name a ``Stack("lang", "task")``.
+to its own task's width, so callers never see the padding. A row may also name a ``Stack("lang", "task")``
+or a fusion's ``Fuse("a", "b")`` (its attention at each site, its last adapter's layer norms, its own head).
 
 ``Parallel`` (``parallel.py``) gives every task's output for the same inputs in one pass:
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from .architectures import head_modules
-from .composition import Parallel, Stack
+from .composition import Fuse, Parallel, Stack
 from .model import get_state, use_adapter
 
 Text = str | tuple[str, str] | list[str]
@@ -39,10 +40,10 @@ def _last_linear_width(module: nn.Module) -> int | None:
     return getattr(module, "nf", None)  # transformers' Conv1D
 
 
-def head_width(model: nn.Module, task: str | Stack | None) -> int | None:
+def head_width(model: nn.Module, task: str | Stack | Fuse | None) -> int | None:
     """How many outputs task ``task``'s head has (``None``: the base model's head; a Stack: its last
-    adapter's); ``None`` when the model has no task head of its own (e.g. a causal LM)."""
-    task = task.last if isinstance(task, Stack) else task
+    adapter's; a Fuse: the fusion's own); ``None`` when the model has no task head of its own (e.g. a causal LM)."""
+    task = task.last if isinstance(task, Stack) else task.name if isinstance(task, Fuse) else task
     state = model.__dict__.get("adapterkit")
     heads = head_modules(model, state.spec) if state is not None else []
     if not heads:
@@ -75,12 +76,12 @@ def encode(tokenizer, inputs: Sequence[Text], max_length: int | None = 512) -> d
 def predict_mixed(
     model: nn.Module,
     inputs: Mapping[str, torch.Tensor] | Sequence[Text],
-    tasks: Sequence[str | Stack | None],
+    tasks: Sequence[str | Stack | Fuse | None],
     tokenizer=None,
     max_length: int | None = 512,
 ) -> list[torch.Tensor]:
-    """Run one forward pass in which row ``i`` uses adapter ``tasks[i]`` (a name, a ``Stack``, or ``None``:
-    the base model) and
+    """Run one forward pass in which row ``i`` uses adapter ``tasks[i]`` (a name, a ``Stack``, a fusion added
+    with ``add_fusion`` as its ``Fuse``, or ``None``: the base model) and
     return each row's logits, cut to its own head's width (``(num_labels,)`` per row for a sequence
     classifier). ``inputs``: tokenised tensors (``input_ids``, ``attention_mask``...) or, with
     ``tokenizer``, a list of texts / (text, pair) items. The previously active adapter is restored after."""

@@ -317,7 +317,7 @@ def _rollback(model, name, state, new_state, created, touched) -> None:
 def set_active(model: nn.Module, active: str | None | Stack | Fuse | Parallel | Sequence[str | Stack | None]) -> nn.Module:
     """Activate one adapter, ``None`` (the base model, exactly), a ``Stack("a", "b")``, a fusion added with
     ``add_fusion`` (``Fuse("a", "b")``; fusion.py) or a ``Parallel("a", "b")`` (composition.py, parallel.py),
-    or one entry per batch row: a name, a Stack or None."""
+    or one entry per batch row: a name, a Stack, a fusion (Fuse) or None."""
     state = get_state(model) if active is not None else model.__dict__.get("adapterkit")
     if state is None:
         return model
@@ -326,9 +326,9 @@ def set_active(model: nn.Module, active: str | None | Stack | Fuse | Parallel | 
     else:
         entries = list(active)
         for e in entries:
-            if isinstance(e, (Fuse, Parallel)):
-                raise ValueError(f"a row of a mixed batch takes an adapter name, a Stack or None, not {e!r}; "
-                                 f"activate a {type(e).__name__} for the whole batch: set_active(model, {e!r})")
+            if isinstance(e, Parallel):
+                raise ValueError(f"a row of a mixed batch takes an adapter name, a Stack, a Fuse or None, not {e!r}; "
+                                 f"activate a Parallel for the whole batch: set_active(model, {e!r})")
     for n in entries:
         if n is not None and not isinstance(n, (Stack, Fuse, Parallel)):
             _require(model, n)
@@ -338,9 +338,10 @@ def set_active(model: nn.Module, active: str | None | Stack | Fuse | Parallel | 
                                                              for m in e.members if isinstance(m, Stack)}
     for stack in stacks:
         _check_stack(model, stack)
-    if isinstance(active, Fuse) and (active.name not in state.fusions or state.fusions[active.name].block != active):
-        raise KeyError(f"no fusion {active!r} on this model (fusions: {', '.join(map(repr, (r.block for r in state.fusions.values()))) or 'none'}); "
-                       "add it with adapterkit.add_fusion or load it with adapterkit.load_fusion first")
+    for fuse in {e for e in entries if isinstance(e, Fuse)}:
+        if fuse.name not in state.fusions or state.fusions[fuse.name].block != fuse:
+            raise KeyError(f"no fusion {fuse!r} on this model (fusions: {', '.join(map(repr, (r.block for r in state.fusions.values()))) or 'none'}); "
+                           "add it with adapterkit.add_fusion or load it with adapterkit.load_fusion first")
     hooks = parallel.attach(model, state.spec, state.routing, active) if isinstance(active, Parallel) else []
     state.routing.set(active)
     state.routing.hooks = hooks

@@ -37,6 +37,9 @@ from ..features import pad_inputs
 from ..io import AdapterLoadError, load_adapter, read_adapter_config
 from ..mixed import predict_mixed
 from ..model import list_adapters, remove_adapter
+from ..composition import Fuse
+from ..fusion_io import read_fusion_config
+from .fusion_task import fused_directories, is_fusion_dir, load_fusion_task, unload_fusion_task
 from .metrics import Metrics
 from .settings import BadAdapter, Conflict, Expired, NonFinite, QueueFull, ServeSettings, UnknownTask, safe
 from .tasks import Task, format_predictions, model_max_length, task_from_model
@@ -86,8 +89,12 @@ class Engine:
 
     # adapters (call before start(), or through control() while running)
     def _load(self, name: str, path: str, root: str | None = None) -> Task:
-        if name in list_adapters(self.model):
+        if name in list_adapters(self.model) or name in self.tasks:
             raise Conflict.name_in_use(name)
+        if root is None and is_fusion_dir(path):  # a fusion and the adapters it fuses (fusion_task.py)
+            task = load_fusion_task(self, name, path)
+            self.tasks = {**self.tasks, name: task}
+            return task
         try:
             meta = self._read_config(path, root)
             load_adapter(self.model, path, name=name, **({} if root is None else {"root": root}))
@@ -122,14 +129,22 @@ class Engine:
     def check_adapter(self, path: str, root: str | None = None) -> dict:
         """Read and validate ``path``'s config (inside ``root``) off the worker; raise :class:`BadAdapter`."""
         try:
+            if root is None and is_fusion_dir(path):
+                fused_directories(path)
+                return read_fusion_config(path)
             return self._read_config(path, root)
+        except BadAdapter:
+            raise
         except Exception as e:  # noqa: BLE001
             raise self._bad(path, e) from None
 
     def _unload(self, name: str) -> None:
         if name not in self.tasks:
             raise UnknownTask.named(name)
-        remove_adapter(self.model, name)
+        if isinstance(self.tasks[name].route, Fuse):
+            unload_fusion_task(self.model, self.tasks[name])
+        else:
+            remove_adapter(self.model, name)
         self.tasks = {k: v for k, v in self.tasks.items() if k != name}
         self.metrics.forget(name)
 
@@ -351,7 +366,7 @@ class Engine:
         order = sorted(range(len(rows)), key=lambda i: rows[i][0])  # one chunk holds few tasks
         for start in range(0, len(order), cap):
             chunk = [rows[i] for i in order[start : start + cap]]
-            outputs += predict_mixed(self.model, self._pad([f for _, f in chunk]), [t for t, _ in chunk])
+            outputs += predict_mixed(self.model, self._pad([f for _, f in chunk]), [self.tasks[t].entry for t, _ in chunk])
         by_row: list[torch.Tensor] = [None] * len(rows)  # type: ignore[list-item]
         for k, i in enumerate(order):
             by_row[i] = outputs[k]

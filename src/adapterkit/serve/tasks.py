@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..composition import Fuse
 from ..io import read_adapter_config
 from ..mixed import head_width
 from ..model import get_state
@@ -28,6 +29,12 @@ class Task:
     kind: str  # "classification" | "regression" | "lm" (generation: /v1/completions, /v1/chat/completions)
     labels: tuple[str, ...]  # label names (classification); () for regression
     max_length: int
+    route: Any = None  # what its rows run through, when not the adapter ``name``: a Fuse (fusion_task.py)
+
+    @property
+    def entry(self) -> Any:
+        """The routing entry of the task's rows in a mixed batch (``predict_mixed``)."""
+        return self.name if self.route is None else self.route
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "kind": self.kind, "labels": list(self.labels),
@@ -35,10 +42,11 @@ class Task:
 
 
 def task_from_model(model, name: str, path: str | None, meta: dict, settings: ServeSettings,
-                    model_limit: int | None = None) -> Task:
-    """Describe a loaded adapter: its kind and label names (the saved HeadConfig.labels, else
-    extra["label_names"], else LABEL_i)."""
-    head = get_state(model).heads[name]
+                    model_limit: int | None = None, entry: Fuse | None = None) -> Task:
+    """Describe a loaded adapter (or, with ``entry``, a loaded fusion served as ``name``): its kind and label
+    names (the saved HeadConfig.labels, else extra["label_names"], else LABEL_i)."""
+    state = get_state(model)
+    head = state.heads[name] if entry is None else state.fusions[entry.name].head
     extra = meta.get("extra") or {}
     if not isinstance(extra, dict):
         raise BadAdapter(f"adapter {name!r}: extra in adapter_config.json is not an object")
@@ -60,15 +68,15 @@ def task_from_model(model, name: str, path: str | None, meta: dict, settings: Se
         raise BadAdapter(f"adapter {name!r} has a {extra.get('kind') or head.kind} head; the server serves "
                          "sequence classification and regression adapters, and language-model adapters on "
                          "a causal LM")
-    width = head_width(model, name)
+    width = head_width(model, name if entry is None else entry)
     max_length = _max_length(extra, settings, model_limit)
     regression = head.kind == "regression" or (head.kind == "own" and extra.get("kind") == "regression")
     if regression:
-        return Task(name, path, "regression", (), max_length)
+        return Task(name, path, "regression", (), max_length, entry)
     labels = head.labels or extra.get("label_names") or ()
     if not labels or len(labels) != width:
         labels = tuple(f"LABEL_{i}" for i in range(width or 0))
-    return Task(name, path, "classification", tuple(str(x) for x in labels), max_length)
+    return Task(name, path, "classification", tuple(str(x) for x in labels), max_length, entry)
 
 
 def is_causal_lm(model) -> bool:
