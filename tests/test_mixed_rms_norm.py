@@ -46,6 +46,18 @@ def spy(monkeypatch) -> list[bool]:
     return taken
 
 
+def assert_rows_match_alone(model, names: list, seed: int, atol: float) -> None:
+    """Logits of a mixed batch, row by row, against each row run alone with its adapter."""
+    ids = torch.randint(1, 100, (len(names), 6), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        with ak.use_adapter(model, names):
+            mixed = model(input_ids=ids).logits
+        for i, name in enumerate(names):
+            with ak.use_adapter(model, name):
+                alone = model(input_ids=ids[i : i + 1]).logits
+            torch.testing.assert_close(mixed[i : i + 1], alone, atol=atol, rtol=0)
+
+
 def test_rms_norm_rows_equal_each_adapter_alone(monkeypatch):
     model = llama_with_adapters()
     norms = norm_copies(model)
@@ -69,14 +81,7 @@ def test_mixed_logits_match_alone_through_the_fast_path(monkeypatch):
     path. Tolerance, not equality: attention and matmuls run on different batch sizes."""
     model = llama_with_adapters(torch.float64)
     taken = spy(monkeypatch)
-    ids = torch.randint(1, 100, (len(NAMES), 6), generator=torch.Generator().manual_seed(4))
-    with torch.inference_mode():
-        with ak.use_adapter(model, NAMES):
-            mixed = model(input_ids=ids).logits
-        for i, name in enumerate(NAMES):
-            with ak.use_adapter(model, name):
-                alone = model(input_ids=ids[i : i + 1]).logits
-            torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-10, rtol=0)
+    assert_rows_match_alone(model, NAMES, seed=4, atol=1e-10)
     assert taken and all(taken)
 
 
@@ -99,14 +104,7 @@ def test_norm_not_scaling_with_its_weight_falls_back(monkeypatch):
                 p.add_(0.1 if name == "a" else -0.1)
     taken = spy(monkeypatch)
     names = ["a", "a", "b"]
-    ids = torch.randint(1, 100, (3, 6), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        with ak.use_adapter(model, names):
-            mixed = model(input_ids=ids).logits
-        for i, name in enumerate(names):
-            with ak.use_adapter(model, name):
-                alone = model(input_ids=ids[i : i + 1]).logits
-            torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=0)
+    assert_rows_match_alone(model, names, seed=5, atol=1e-5)
     refused = [layer.input_layernorm.adapters._rms_scales for layer in model.model.layers]
     accepted = [layer.post_attention_layernorm.adapters._rms_scales for layer in model.model.layers]
     assert refused == [False, False] and accepted == [True, True]
