@@ -310,6 +310,7 @@ class ModuleCopies(AdapterModule):
         self.__dict__["_template"] = copy.deepcopy(module)
         self.__dict__["_base"] = module
         self._swapped: dict | None = None  # the base module's parameters while an adapter's are in place
+        self._rms_scales: bool | None = None  # RMS norm output = weight * f(x)? (checked on the first mixed batch)
         self._handles = []
         self._hook(module.register_forward_hook, self._on_output, with_kwargs=True)
         if role == "layer_norm":
@@ -372,6 +373,11 @@ class ModuleCopies(AdapterModule):
         if (self.role == "layer_norm" and isinstance(groups[0][1], slice) and _affine_layer_norm(self._base)
                 and not isinstance(self.routing.active, Parallel)):
             return self._mixed_layer_norm(x, groups)
+        if (self.role == "layer_norm" and isinstance(groups[0][1], slice) and _rms_norm_like(self._base)
+                and not isinstance(self.routing.active, Parallel)):
+            mixed = self._mixed_rms_norm(x, out, groups)
+            if mixed is not None:
+                return mixed
         pieces = []
         for name, rows in groups:
             take = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, rows))
@@ -401,11 +407,51 @@ class ModuleCopies(AdapterModule):
         normed = nn.functional.layer_norm(x, self._base.normalized_shape, None, None, self._base.eps)
         return torch.addcmul(bias, normed, weight)
 
+    def _mixed_rms_norm(self, x: torch.Tensor, out: torch.Tensor, groups: list[tuple[str | None, slice]]):
+        """RMS norm copies (Llama-style, ``weight * normalise(x)``) on a batch sorted by adapter: the base
+        module's own forward once with a weight of ones, then each row's weight in one multiply. Exact where
+        the module's output is ``weight * f(x)`` with ``f`` not depending on the weight (LlamaRMSNorm and its
+        copies: Qwen2, Mistral, ...); checked once on the first mixed batch (the hook's ``out`` against
+        ``weight * f(x)``, and a weight of twos against ``2 * f(x)``), and None (the per-group path) if not,
+        e.g. Gemma's ``(1 + weight)``."""
+        normed = _rms_forward_with_weight(self._base, x, 1.0)  # (B, ..., d)
+        if self._rms_scales is None:
+            self._rms_scales = (torch.equal(out, self._base.weight * normed)
+                                and torch.equal(_rms_forward_with_weight(self._base, x, 2.0), 2.0 * normed))
+        if not self._rms_scales:
+            return None
+        weights = []
+        for name, rows in groups:
+            norm = self._copy_for(name)
+            weights.append((self._base if norm is None else norm).weight.expand(rows.stop - rows.start, -1))
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)  # (B, 1, ..., d)
+        return torch.cat(weights).view(shape) * normed
+
 
 def _affine_layer_norm(module: nn.Module) -> bool:
     """A plain nn.LayerNorm over the last dimension with weight and bias (BERT-style models)."""
     return (type(module) is nn.LayerNorm and module.weight is not None and module.bias is not None
             and len(module.normalized_shape) == 1)
+
+
+def _rms_norm_like(module: nn.Module) -> bool:
+    """An RMS norm by structure: one parameter, ``weight`` of shape (d,), no bias, an epsilon attribute
+    (``variance_epsilon`` as in LlamaRMSNorm, or ``eps``). Whether its output scales with the weight is
+    checked in :meth:`ModuleCopies._mixed_rms_norm`."""
+    params = dict(module.named_parameters(recurse=False))
+    weight = params.get("weight")
+    return (len(params) == 1 and weight is not None and weight.dim() == 1
+            and (hasattr(module, "variance_epsilon") or hasattr(module, "eps")))
+
+
+def _rms_forward_with_weight(module: nn.Module, x: torch.Tensor, value: float) -> torch.Tensor:
+    """The module's own forward on ``x`` (no hooks) with its weight filled with ``value``."""
+    weight = module._parameters["weight"]
+    module._parameters["weight"] = torch.full_like(weight, value)
+    try:
+        return type(module).forward(module, x)
+    finally:
+        module._parameters["weight"] = weight
 
 
 __all__ = ["AdapterModule", "BottleneckLayer", "ModuleCopies", "Routing"]
