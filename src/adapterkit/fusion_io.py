@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import reprlib
 import stat
@@ -24,16 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .checks import MAX_CONFIG_BYTES, MAX_HEADER_BYTES, AdapterLoadError, check_header, config_digest, parse_json, read_file, resolve_directory
+from .checks import MAX_CONFIG_BYTES, AdapterLoadError, config_digest, parse_json, read_file, resolve_directory
 from .composition import Fuse
 from .fusion import FusionConfig, _record, add_fusion, fusion_tensors, planned_fusion_tensors
 from .heads import HeadConfig
-from .io import check_fingerprint, fingerprint, write_directory
+from .io import check_fingerprint, fingerprint, read_checked_safetensors, write_directory
 from .model import adapter_tensors, get_state
 
 FUSION_CONFIG_FILE = "fusion_config.json"
@@ -181,15 +178,7 @@ def load_fusion(model: nn.Module, directory: str | os.PathLike, check_base: bool
     except (ValueError, KeyError) as e:
         raise AdapterLoadError(f"{directory}: the fusion does not fit this model ({e})") from None
     shown = os.path.join(os.fspath(directory), FUSION_WEIGHTS_FILE)
-    limit = 8 + MAX_HEADER_BYTES + 8 * sum(math.prod(s) for s in expected.values())
-    data = read_file(real_dir, FUSION_WEIGHTS_FILE, real_root, limit, shown)
-    if hashlib.sha256(data).hexdigest() != meta["files"][FUSION_WEIGHTS_FILE]:
-        raise AdapterLoadError(f"{shown} is corrupted (checksum mismatch); re-save or re-download the fusion")
-    check_header(data, expected, shown)
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
-        raise AdapterLoadError(f"{shown} is not a readable safetensors file ({e}); re-save the fusion") from None
+    tensors = read_checked_safetensors(directory, real_dir, real_root, FUSION_WEIGHTS_FILE, meta, expected, "fusion")
     for key, t in tensors.items():
         if not torch.isfinite(t).all():
             raise AdapterLoadError(f"{shown}: tensor {key} holds NaN or infinite values; retrain or re-save the fusion")

@@ -255,16 +255,24 @@ def read_checked_weights(directory, real_dir: str, real_root: str | None, meta: 
     """The adapter's tensors, read once from its weights file and checked against ``meta``'s checksum and the
     ``expected`` shapes (:func:`adapterkit.model.planned_tensors`) before they are allocated. Touches no model,
     so it may run on any thread (the server's adapter store reads cold adapters this way, off its worker)."""
-    shown = os.path.join(os.fspath(directory), WEIGHTS_FILE)
+    return read_checked_safetensors(directory, real_dir, real_root, WEIGHTS_FILE, meta, expected, "adapter")
+
+
+def read_checked_safetensors(directory, real_dir: str, real_root: str | None, filename: str, meta: dict[str, Any],
+                             expected: dict[str, tuple[int, ...]], what: str) -> dict[str, torch.Tensor]:
+    """``filename``'s tensors (an adapter's or a fusion's: ``what``), read once with a size bound from the
+    ``expected`` shapes, checked against ``meta["files"]``'s sha256 and the header's shapes before any tensor
+    is allocated."""
+    shown = os.path.join(os.fspath(directory), filename)
     limit = 8 + MAX_HEADER_BYTES + 8 * sum(math.prod(s) for s in expected.values())
-    data = read_file(real_dir, WEIGHTS_FILE, real_root, limit, shown)
-    if _sha256(data) != meta["files"][WEIGHTS_FILE]:
-        raise AdapterLoadError(f"{shown} is corrupted (checksum mismatch); re-save or re-download the adapter")
+    data = read_file(real_dir, filename, real_root, limit, shown)
+    if _sha256(data) != meta["files"][filename]:
+        raise AdapterLoadError(f"{shown} is corrupted (checksum mismatch); re-save or re-download the {what}")
     check_header(data, expected, shown)
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
-        raise AdapterLoadError(f"{shown} is not a readable safetensors file ({e}); re-save the adapter") from None
+        raise AdapterLoadError(f"{shown} is not a readable safetensors file ({e}); re-save the {what}") from None
     del data
     return tensors
 
@@ -296,5 +304,5 @@ def check_fingerprint(directory, saved: dict[str, Any], current: dict[str, Any])
                                "); load it into the model it was trained on, or pass check_base=False")
 
 
-__all__ = ["AdapterLoadError", "adapter_shape", "check_fingerprint", "fingerprint", "insert_tensors", "load_adapter",
+__all__ = ["AdapterLoadError", "adapter_shape", "check_fingerprint", "read_checked_safetensors", "fingerprint", "insert_tensors", "load_adapter",
            "read_adapter_config", "read_checked_weights", "save_adapter"]
