@@ -12,7 +12,6 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-import adapterkit.train as T
 from adapterkit import metrics as M
 from adapterkit.cli import app
 from adapterkit.data import load_task
@@ -21,7 +20,9 @@ from adapterkit.evaluation import load_trained, predict
 from adapterkit.features import collate, target_count
 from adapterkit.gentask import tokenize_chat
 from adapterkit.models import resolve_model
-from adapterkit.train import TrainConfig, train
+from adapterkit.train import TrainConfig
+
+from train_helpers import train_keeping_model
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +150,9 @@ def _base_state(directory) -> dict:
 
 
 def _train_spying(tmp_path, model_dir, squad_dir, method: str) -> tuple[dict, torch.nn.Module]:
-    seen = {}
-    real_prepare = T.prepare
-
-    def spy(model, *args, **kwargs):
-        seen["model"] = model
-        return real_prepare(model, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "prepare", spy)
-        metrics = train(TrainConfig(output=str(tmp_path / method), model=str(model_dir), task="squad-gen",
-                                    method=method, data={"data_dir": str(squad_dir)}, epochs=2, batch_size=4,
-                                    adapter_size=8, lr=1e-2, progress=False))
-    return metrics, seen["model"]
+    return train_keeping_model(TrainConfig(output=str(tmp_path / method), model=str(model_dir), task="squad-gen",
+                                           method=method, data={"data_dir": str(squad_dir)}, epochs=2, batch_size=4,
+                                           adapter_size=8, lr=1e-2, progress=False))
 
 
 def _assert_base_untouched(model, base: dict) -> None:

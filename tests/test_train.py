@@ -16,7 +16,7 @@ from adapterkit.evaluation import load_trained, predict
 from adapterkit.models import load_model
 from adapterkit.train import TrainConfig, train
 
-from train_helpers import save_tiny_bert, save_tiny_llama, write_sentiment, write_squad, write_text
+from train_helpers import save_tiny_bert, save_tiny_llama, train_keeping_model, write_sentiment, write_squad, write_text
 
 REQUIRED_FIELDS = {"task", "method", "adapter_size", "placement", "trainable_params", "total_params", "trainable_pct",
                    "epochs", "best", "train_seconds", "examples_per_second", "seed", "split", "versions"}
@@ -270,17 +270,7 @@ def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_weights(tiny, tmp_path, ada
 
 
 def test_gradient_checkpointing_trains_the_same_adapter(tiny, tmp_path, adapter_run):
-    seen = {}
-    real_prepare = T.prepare
-
-    def spy(model, *args, **kwargs):
-        seen["model"] = model
-        return real_prepare(model, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "prepare", spy)
-        metrics = train(config(tiny, tmp_path / "ckpt", epochs=3, gradient_checkpointing=True))
-    model = seen["model"]
+    metrics, model = train_keeping_model(config(tiny, tmp_path / "ckpt", epochs=3, gradient_checkpointing=True))
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
     a = load_file(adapter_run["out"] / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors")

@@ -106,3 +106,22 @@ def write_text(path: Path, n: int = 60) -> Path:
     lines = [" ".join(rng.choice(NOUNS + POSITIVE) for _ in range(rng.randint(5, 15))) for _ in range(n)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def train_keeping_model(config):
+    """``adapterkit.train.train(config)`` and the model it trained: (metrics, model)."""
+    import pytest
+
+    import adapterkit.train as T
+
+    seen = {}
+    real_prepare = T.prepare
+
+    def spy(model, *args, **kwargs):
+        seen["model"] = model
+        return real_prepare(model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "prepare", spy)
+        metrics = T.train(config)
+    return metrics, seen["model"]
