@@ -167,6 +167,34 @@ def test_pinned_adapter_is_never_evicted_and_overflow_goes_once_released(engine,
     r.stop()
 
 
+def test_an_adapter_being_evicted_is_still_managed_by_the_store(engine, world):
+    """Between the worker taking an adapter out of the resident set and unloading it from the engine, the
+    engine still lists its task: a request arriving then must go through the store (a cold load), not use the
+    task about to go (it would be answered "no adapter is loaded")."""
+    r = Residency(engine, DirectoryStore(world["store"]), max_loaded=1)
+    use(r, "t0")
+    gate, window = threading.Event(), {}
+
+    def evict_slowly():  # the worker's eviction, held open in the middle
+        victims = r._victims(1, 0)
+        window["in engine"] = "t0" in engine.tasks
+        window["managed"] = r.manages("t0")
+        gate.wait(30)
+        r._evict(victims)
+
+    done = engine.control(evict_slowly)
+    while "managed" not in window:
+        time.sleep(0.001)
+    later = r.acquire("t0")  # a request in the window: a miss, loaded again after the eviction
+    gate.set()
+    done.result(timeout=30)
+    assert window == {"in engine": True, "managed": True}
+    assert later.result(timeout=30).name == "t0" and "t0" in engine.tasks and r.resident() == ["t0"]
+    r.release("t0")
+    assert r.misses == 2 and r.evictions == 1
+    r.stop()
+
+
 def test_a_cold_load_does_not_stall_resident_tasks(engine, world):
     """While a (slow) cold load is read on the loader thread, a resident task's requests are answered."""
     gate = threading.Event()

@@ -77,6 +77,9 @@ class Residency:
         self._pins: collections.Counter = collections.Counter()
         self._loading: dict[str, concurrent.futures.Future] = {}
         self._doomed: set[str] = set()  # DELETE asked while pinned: evict once idle
+        # Taken out of _resident but not yet out of the engine (the worker unloads them next): still ours, so a
+        # request for one must go through acquire (a cold load) rather than use the task about to go.
+        self._leaving: set[str] = set()
         self._evict_queued = False
         self._plans: dict[str, dict[str, tuple[int, ...]]] = {}  # config+head JSON -> planned tensor shapes
         self._loader = concurrent.futures.ThreadPoolExecutor(load_threads, thread_name_prefix="adapterkit-store")
@@ -88,7 +91,7 @@ class Residency:
     def manages(self, name: str) -> bool:
         """Whether requests for ``name`` go through the store: resident from it, or not loaded and in it."""
         with self._lock:
-            if name in self._resident or name in self._loading:
+            if name in self._resident or name in self._loading or name in self._leaving:
                 return True
         return name not in self.engine.tasks and name in self.store
 
@@ -161,8 +164,11 @@ class Residency:
                 else:
                     stored = True
                     del self._resident[name]
+                    self._leaving.add(name)
                     self.evictions += 1
-            if stored or name in self.engine.tasks:
+            if stored:
+                self._evict([name])
+            elif name in self.engine.tasks:
                 self.engine._unload(name)
             else:
                 raise UnknownTask.named(name)
@@ -294,11 +300,17 @@ class Residency:
                     del self._resident[n]
                     victims.append(n)
             self.evictions += len(victims)
+            self._leaving.update(victims)
             return victims
 
     def _evict(self, victims: list[str]) -> None:
+        """Unload ``victims`` (already out of ``_resident``) from the engine; worker thread only."""
         for n in victims:
-            self.engine._unload(n)
+            try:
+                self.engine._unload(n)
+            finally:
+                with self._lock:
+                    self._leaving.discard(n)
 
     def _evict_idle(self) -> None:
         with self._lock:
