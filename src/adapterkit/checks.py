@@ -127,6 +127,22 @@ def read_file(real_dir: str, filename: str, real_root: str | None, limit: int, s
 
 # --- JSON --------------------------------------------------------------------------------------
 
+def existing_entries(directory: str | os.PathLike, what: str) -> set[str] | None:
+    """What a writer about to replace ``directory`` with a new ``what`` (e.g. "adapter") finds there: None for a
+    new path, the names of its entries for a directory (empty if empty). A symlink or a non-directory is refused
+    (FileExistsError): adapterkit never writes through a link or over a file it did not write. The caller
+    decides whether the entries are its own."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise FileExistsError(f"{directory} is a symlink; save to the directory it points to, or to a new path")
+    if not stat.S_ISDIR(st.st_mode):
+        raise FileExistsError(f"{directory} exists and is not a directory; pick a new path for the {what}")
+    return set(os.listdir(directory))
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import reprlib
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .checks import MAX_CONFIG_BYTES, AdapterLoadError, config_digest, parse_json, read_file, resolve_directory
+from .checks import MAX_CONFIG_BYTES, AdapterLoadError, config_digest, existing_entries, parse_json, read_file, resolve_directory
 from .composition import Fuse
 from .fusion import FusionConfig, _record, add_fusion, fusion_tensors, planned_fusion_tensors
 from .heads import HeadConfig
@@ -83,13 +82,7 @@ def save_fusion(model: nn.Module, fusion, directory: str | os.PathLike, extra: d
 
 def _check_target(directory: Path) -> None:
     """Replace only what save_fusion wrote: a new path, an empty directory, or a fusion directory."""
-    try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise FileExistsError(f"{directory} exists and is not a directory; pick a new path for the fusion")
-    entries = set(os.listdir(directory))
+    entries = existing_entries(directory, "fusion")
     if not entries:
         return
     ours = False

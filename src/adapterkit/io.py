@@ -22,7 +22,6 @@ import os
 import reprlib
 import secrets
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from .architectures import detect, resolve
 from .checks import (CONFIG_FILE, FORMAT_VERSION, MAX_CONFIG_BYTES, MAX_HEADER_BYTES, WEIGHTS_FILE, AdapterLoadError,
-                     check_header, check_meta, config_digest, parse_json, read_file, resolve_directory)
+                     check_header, check_meta, config_digest, existing_entries, parse_json, read_file, resolve_directory)
 from .config import AdapterConfig
 from .heads import HeadConfig
 from .model import _insert, _output_dim, _require, adapter_summary, adapter_tensors, planned_tensors
@@ -140,15 +139,7 @@ def replace_directory(tmp: Path, directory: Path) -> None:
 
 def _check_target(directory: Path) -> None:
     """save_adapter replaces only what it wrote itself: a new path, an empty directory, or an adapter directory."""
-    try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise FileExistsError(f"{directory} is a symlink; save to the directory it points to, or to a new path")
-    if not stat.S_ISDIR(st.st_mode):
-        raise FileExistsError(f"{directory} exists and is not a directory; pick a new path for the adapter")
-    entries = set(os.listdir(directory))
+    entries = existing_entries(directory, "adapter")
     if not entries:
         return
     foreign = sorted(entries - {CONFIG_FILE, WEIGHTS_FILE})

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import io as _io
+from ..checks import existing_entries
 from ..model import adapter_tensors, get_state, use_adapter
 
 ONNX_META_FILE = "adapterkit_onnx.json"
@@ -126,13 +126,7 @@ def adapter_digest(model: nn.Module, name: str) -> str:
 def _check_target(directory: Path) -> None:
     """Replace only what an export wrote: a new path, an empty directory, or an export directory whose
     every entry its adapterkit_onnx.json lists."""
-    try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise FileExistsError(f"{directory} exists and is not a directory; pick a new path for the export")
-    entries = set(os.listdir(directory))
+    entries = existing_entries(directory, "export")
     if not entries:
         return
     try:
