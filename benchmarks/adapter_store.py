@@ -3,11 +3,13 @@ against all adapters resident, and the latency of a cold load (issue 16).
 
 1. Saves ``--adapters`` MiniLM adapters (size 64; 2/3/regression heads, perturbed so they differ) in a store
    directory (``--store DIR`` keeps and reuses it; default a temporary directory).
-2. For each ``--max-loaded`` value (and all-resident, every adapter loaded before timing), drives the server's
-   engine in this process exactly as the HTTP handler does (pin the adapter -- a cold load if needed --,
-   tokenise, queue, unpin when answered) from ``--clients`` threads. Each client sends the same
-   ``--requests`` requests in every run: a task drawn from Zipf(``--zipf``) over the adapters (rank order
-   shuffled), 1..4 sentences. A warm-up of ``--warmup`` requests per client runs first, untimed.
+2. For each ``--max-loaded`` value (and all-resident, every adapter loaded before timing), one engine over
+   the store, driven in this process exactly as the HTTP handler drives it (pin the adapter -- a cold load if
+   needed --, tokenise, queue, unpin when answered) from ``--clients`` threads. Each client sends the same
+   requests to every configuration: a task drawn from Zipf(``--zipf``) over the adapters (rank order
+   shuffled), 1..4 sentences; ``--warmup`` untimed requests first, then ``--requests`` timed ones in
+   ``--rounds`` rounds that interleave the configurations (A B C, C B A, ...): a configuration's ratio to
+   all-resident is the median of its rounds' ratios, so a shared machine's changing load cancels out.
 3. Every answer is compared with the all-resident run's answer to the same request (1e-5): the store must
    never serve a wrong adapter. Failed requests must be 0.
 4. Cold load latency: with the server idle, loads of ``--cold`` adapters not resident, one at a time.
@@ -22,6 +24,7 @@ the store changes, on a 2-core machine where an HTTP client would compete with t
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
 import random
@@ -90,86 +93,128 @@ def workload(names: list[str], args) -> list[list[tuple[str, list[str]]]]:
     return out
 
 
-def run(store: Path, names: list[str], max_loaded: int | None, work, args) -> dict:
-    """One configuration: a fresh engine over the store; returns timings and every timed answer."""
-    model, tok = load_model("minilm", kind="classification")
-    settings = ServeSettings(max_batch_size=args.batch_size, batch_window_ms=args.batch_window_ms, max_queue=8192,
-                             request_timeout_s=600)
-    engine = Engine(model, tok, settings)
-    engine.start()
-    residency = Residency(engine, DirectoryStore(store), max_loaded=max_loaded)
-    if max_loaded is None:  # all-resident: every adapter loaded before anything is timed
-        for name in names:
-            residency.acquire(name).result()
-            residency.release(name)
-    answers: dict = {}
-    latencies: list[float] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(args.clients + 1)
+class Configuration:
+    """One configuration (a ``--max-loaded`` value, or all-resident): its own engine over the store, kept alive
+    for the whole benchmark so that its rounds interleave with the other configurations' rounds."""
 
-    def client(c: int) -> None:
-        for i, (name, inputs) in enumerate(work[c]):
-            if i == args.warmup:
-                barrier.wait()
-            t0 = time.perf_counter()
-            try:
-                pinned = residency.acquire(name)  # as the HTTP handler: pinned until answered
+    def __init__(self, store: Path, names: list[str], max_loaded: int | None, args):
+        self.names, self.max_loaded, self.args = names, max_loaded, args
+        model, self.tok = load_model("minilm", kind="classification")
+        settings = ServeSettings(max_batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
+                                 max_queue=8192, request_timeout_s=600)
+        self.engine = Engine(model, self.tok, settings)
+        self.engine.start()
+        self.residency = Residency(self.engine, DirectoryStore(store), max_loaded=max_loaded)
+        if max_loaded is None:  # all-resident: every adapter loaded before anything is timed
+            for name in names:
+                self.residency.acquire(name).result()
+                self.residency.release(name)
+        self.answers: dict = {}
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.seconds = 0.0
+        self.round_rates: list[float] = []  # requests/s of each timed round
+        self.counts = collections.Counter()
+
+    def drive(self, work, lo: int, hi: int, timed: bool) -> None:
+        """Requests ``lo:hi`` of every client, sent as the HTTP handler does (pinned until answered)."""
+        r, engine, lock = self.residency, self.engine, threading.Lock()
+        answers, latencies = {}, []
+
+        def client(c: int) -> None:
+            for i in range(lo, hi):
+                name, inputs = work[c][i]
+                t0 = time.perf_counter()
                 try:
-                    task = pinned.result()
-                    future = engine.submit(name, tokenize(tok, inputs, task.max_length))
-                except BaseException:
-                    residency.release(name)
-                    raise
-                future.add_done_callback(lambda _f, n=name: residency.release(n))
-                result = future.result()
-            except Exception as e:  # noqa: BLE001 - counted, reported
-                with lock:
-                    failures.append(f"{name}: {type(e).__name__}: {e}")
-                continue
-            if i >= args.warmup:
+                    pinned = r.acquire(name)
+                    try:
+                        task = pinned.result()
+                        future = engine.submit(name, tokenize(self.tok, inputs, task.max_length))
+                    except BaseException:
+                        r.release(name)
+                        raise
+                    future.add_done_callback(lambda _f, n=name: r.release(n))
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - counted, reported
+                    with lock:
+                        self.failures.append(f"{name}: {type(e).__name__}: {e}")
+                    continue
                 with lock:
                     latencies.append(time.perf_counter() - t0)
                     answers[(c, i)] = result
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    warm = (residency.hits, residency.misses, residency.loads, residency.evictions, residency.load_seconds.sum,
-            residency.insert_seconds.sum, engine.metrics.batches)
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    hits, misses, loads, evictions = (residency.hits - warm[0], residency.misses - warm[1],
-                                      residency.loads - warm[2], residency.evictions - warm[3])
-    load_s, insert_s = residency.load_seconds.sum - warm[4], residency.insert_seconds.sum - warm[5]
+        before = (r.hits, r.misses, r.loads, r.evictions, r.load_seconds.sum, r.insert_seconds.sum,
+                  engine.metrics.batches)
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(self.args.clients)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        if not timed:
+            return
+        after = (r.hits, r.misses, r.loads, r.evictions, r.load_seconds.sum, r.insert_seconds.sum,
+                 engine.metrics.batches)
+        for key, b, a in zip(("hits", "misses", "loads", "evictions", "load_s", "insert_s", "batches"), before, after):
+            self.counts[key] += a - b
+        self.answers.update(answers)
+        self.latencies += latencies
+        self.seconds += elapsed
+        self.round_rates.append(len(answers) / elapsed)
 
-    cold = []  # cold loads with the server idle, one at a time, of adapters not resident
-    for name in [n for n in names if n not in residency.resident()][: args.cold]:
-        t0 = time.perf_counter()
-        residency.acquire(name).result()
-        cold.append(time.perf_counter() - t0)
-        residency.release(name)
-    residency.stop()
-    engine.stop()
-    latencies.sort()
-    rows = sum(len(work[c][i][1]) for c, i in answers)
-    return {
-        "max_loaded": max_loaded or len(names), "all_resident": max_loaded is None,
-        "requests": len(answers), "inputs": rows, "seconds": elapsed, "failures": failures[:10],
-        "failed": len(failures), "requests_per_s": len(answers) / elapsed, "inputs_per_s": rows / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
-        "hit_rate": hits / max(1, hits + misses), "loads": loads, "evictions": evictions,
-        "mean_load_ms": 1000 * load_s / loads if loads else None,
-        "worker_insert_ms_total": 1000 * insert_s,
-        "batches": engine.metrics.batches - warm[6],
-        "cold_load_ms": ({"p50": 1000 * statistics.median(cold), "max": 1000 * max(cold), "n": len(cold)}
-                         if cold else None),
-        "_answers": answers,
-    }
+    def finish(self, work) -> dict:
+        """Cold loads with the server idle (one at a time, adapters not resident), then the summary."""
+        cold = []
+        for name in [n for n in self.names if n not in self.residency.resident()][: self.args.cold]:
+            t0 = time.perf_counter()
+            self.residency.acquire(name).result()
+            cold.append(time.perf_counter() - t0)
+            self.residency.release(name)
+        self.residency.stop()
+        self.engine.stop()
+        lat, k = sorted(self.latencies), self.counts
+        rows = sum(len(work[c][i][1]) for c, i in self.answers)
+        return {
+            "max_loaded": self.max_loaded or len(self.names), "all_resident": self.max_loaded is None,
+            "requests": len(self.answers), "inputs": rows, "seconds": self.seconds, "failures": self.failures[:10],
+            "failed": len(self.failures), "requests_per_s": len(self.answers) / self.seconds,
+            "inputs_per_s": rows / self.seconds, "round_requests_per_s": self.round_rates,
+            "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+            "hit_rate": k["hits"] / max(1, k["hits"] + k["misses"]), "loads": k["loads"],
+            "evictions": k["evictions"], "mean_load_ms": 1000 * k["load_s"] / k["loads"] if k["loads"] else None,
+            "worker_insert_ms_total": 1000 * k["insert_s"], "batches": k["batches"],
+            "cold_load_ms": ({"p50": 1000 * statistics.median(cold), "max": 1000 * max(cold), "n": len(cold)}
+                             if cold else None),
+            "_answers": self.answers,
+        }
+
+
+def interleaved(store: Path, names: list[str], work, args) -> list[dict]:
+    """Every configuration (all-resident first) over the same requests, in ``--rounds`` rounds: round r sends
+    chunk r of every client's timed requests to each configuration in turn (order reversed every other round),
+    so that a change of the machine's load hits every configuration alike. Returns their summaries, the
+    all-resident one last, each with ``throughput_vs_all_resident`` = the median over rounds of its round's
+    rate over all-resident's rate in the same round."""
+    kept = [m for m in args.max_loaded if m < args.adapters]
+    configs = [Configuration(store, names, None, args)] + [Configuration(store, names, m, args) for m in kept]
+    for c in configs:
+        c.drive(work, 0, args.warmup, timed=False)
+    bounds = [args.warmup + args.requests * k // args.rounds for k in range(args.rounds + 1)]
+    for k in range(args.rounds):
+        order = configs if k % 2 == 0 else configs[::-1]
+        for c in order:
+            c.drive(work, bounds[k], bounds[k + 1], timed=True)
+        print(f"round {k + 1}/{args.rounds}: " + ", ".join(
+            f"{c.max_loaded or 'all'} {c.round_rates[-1]:.2f} req/s" for c in configs), flush=True)
+    reference, *runs = [c.finish(work) for c in configs]
+    base = reference["round_requests_per_s"]
+    for r in runs:
+        r["wrong"] = compare(r["_answers"], reference["_answers"])
+        r["throughput_vs_all_resident"] = statistics.median(a / b for a, b in zip(r["round_requests_per_s"], base))
+    reference["wrong"], reference["throughput_vs_all_resident"] = 0, 1.0
+    return [*runs, reference]
 
 
 def compare(answers: dict, reference: dict) -> int:
@@ -199,6 +244,8 @@ def main(argv=None) -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--requests", type=int, default=40, help="timed requests per client")
     p.add_argument("--warmup", type=int, default=10, help="untimed requests per client first")
+    p.add_argument("--rounds", type=int, default=4, help="the timed requests are sent in this many rounds, "
+                   "interleaving the configurations (their ratio is the median of the rounds' ratios)")
     p.add_argument("--cold", type=int, default=10, help="cold loads timed with the server idle")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batch-window-ms", type=float, default=5.0)
@@ -220,23 +267,13 @@ def main(argv=None) -> None:
     print(f"store: {args.adapters} adapters, {disk / 1e6:.0f} MB, prepared in {save_s:.1f} s", flush=True)
     work = workload(names, args)
     distinct = len({name for reqs in work for name, _ in reqs[args.warmup:]})
-    runs = []
-    reference = run(args.store, names, None, work, args)
-    for m in args.max_loaded:
-        if m >= args.adapters:
-            continue
-        r = run(args.store, names, m, work, args)
-        r["wrong"] = compare(r["_answers"], reference["_answers"])
-        r["throughput_vs_all_resident"] = r["requests_per_s"] / reference["requests_per_s"]
-        runs.append(r)
-        print(f"max-loaded {m}: {r['requests_per_s']:.1f} req/s ({r['throughput_vs_all_resident']:.2f}x), "
+    runs = interleaved(args.store, names, work, args)
+    for r in runs:
+        label = "all resident" if r["all_resident"] else f"max-loaded {r['max_loaded']}"
+        print(f"{label}: {r['requests_per_s']:.2f} req/s ({r['throughput_vs_all_resident']:.2f}x), "
               f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, hit rate {r['hit_rate']:.2f}, "
               f"wrong {r['wrong']}, failed {r['failed']}", flush=True)
-    reference["wrong"] = 0
-    reference["throughput_vs_all_resident"] = 1.0
-    print(f"all resident ({args.adapters}): {reference['requests_per_s']:.1f} req/s, p50 {reference['p50_ms']:.0f} ms, "
-          f"p99 {reference['p99_ms']:.0f} ms", flush=True)
-    for r in [*runs, reference]:
+    for r in runs:
         del r["_answers"]
     report = {
         "benchmark": "adapter_store", "adapters": args.adapters, "store_bytes": disk, "prepare_seconds": save_s,
@@ -244,7 +281,7 @@ def main(argv=None) -> None:
         "distinct_adapters_requested": distinct, "batch_size": args.batch_size,
         "batch_window_ms": args.batch_window_ms, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-        "runs": [*runs, reference],
+        "rounds": args.rounds, "runs": runs,
     }
     write_json(args.out, report)
     print(render(report))
