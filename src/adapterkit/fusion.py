@@ -42,6 +42,7 @@ from .composition import Fuse
 from .config import AdapterConfig
 from .heads import HeadConfig
 from .layers import BottleneckLayer
+from .architectures import base_modules
 from .model import _Plan, _build, _output_dim, _plan, _require, _rollback, adapter_modules, get_state, set_active
 
 #: AdapterHub's weight on the value-matrix regulariser (adapters 1.3, ModelAdaptersMixin.get_fusion_regularization_loss).
@@ -207,7 +208,7 @@ def _head_plan(model: nn.Module, head) -> tuple[_Plan, dict[str, tuple[int, ...]
     state = get_state(model)
     plan = _plan(model, state.spec, AdapterConfig(size=1, placement="pfeiffer", train_layer_norms=False), head)
     steps = [s for s in plan.steps if s[0] == "head"]
-    paths = {id(m): p for p, m in model.named_modules()}
+    paths = {id(m): p for p, m in base_modules(model)}
     prefixes = tuple(f"{paths[id(s[1])]}.adapters." for s in steps)
     shapes = {k: v for k, v in plan.shapes.items() if k.startswith(prefixes)}
     return _Plan(plan.head, steps, {}), shapes

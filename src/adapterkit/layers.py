@@ -113,6 +113,7 @@ class AdapterModule(nn.Module):
     keyed by adapter name), found by ``isinstance``, never by parameter-name matching."""
 
     role: str  # "adapter" | "layer_norm" | "head": the summary's bucket
+    holds_adapters = True  # architectures.base_modules walks past the contents (see there)
 
     def __init__(self, routing: Routing):
         super().__init__()
@@ -323,10 +324,9 @@ class ModuleCopies(AdapterModule):
     def copy_of_base(self) -> nn.Module:
         """A fresh copy of the module with the base module's current weights."""
         clone = copy.deepcopy(self._template)
-        base_params = dict(self._base.named_parameters())
-        with torch.no_grad():
+        with torch.no_grad():  # by the template's names: the base module's own walk would cross every copy here
             for n, p in clone.named_parameters():
-                p.copy_(base_params[n])
+                p.copy_(self._base.get_parameter(n))
         reference = next(self._base.parameters())
         return clone.to(device=reference.device, dtype=reference.dtype)
 

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import ArchitectureSpec, head_modules, layer_lists
+from .architectures import ArchitectureSpec, base_modules, head_modules, layer_lists
 from .composition import Parallel
 from .layers import AdapterModule, ModuleCopies, Routing, _first_tensor
 
@@ -55,7 +55,7 @@ def replication_point(model: nn.Module, spec: ArchitectureSpec, block: Parallel)
         raise ValueError(f"{block!r}: Parallel runs on models with one layer stack (encoders, decoders); this "
                          f"model has {len(spec.stacks)} (an encoder-decoder). Run its tasks one by one")
     layers = list(layer_lists(model, spec)[0])
-    holders = [h for h in model.modules() if isinstance(h, AdapterModule) and any(n in h.adapters for n in block.names)]
+    holders = [h for _, h in base_modules(model) if isinstance(h, AdapterModule) and any(n in h.adapters for n in block.names)]
     held = {id(h) for h in holders}
     for index, layer in enumerate(layers):
         if any(id(m) in held for m in layer.modules()):
