@@ -8,7 +8,8 @@ and every method keeps the same lr and epoch choices. Identical specs share one 
 on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` experiment's runs.
 
     table2-r2   Table 2's size-64 adapters (only BoolQ is new)
-    adapterhub  AdapterHub's seq_bn adapter on every Table-2 task at the same budget (adapterhub_default.py)
+    adapterhub  AdapterHub's default (seq_bn at 1e-4 and 1e-3) and Houlsby's double_seq_bn (1e-3) on every Table-2
+                task at the same budget (adapterhub_default.py)
     table1-r2   Table 1: the adapter lr grid at size 64, sizes 8 and 256 at its best lr, then epochs chosen from
                 {epochs, long_epochs} for every method: each method's 3-epoch choice trained again for long_epochs
     mpnet-r2    all-mpnet-base-v2 on RTE, MRPC, STS-B, CoLA: full FT and size-64 adapters at MiniLM's choices
@@ -18,7 +19,7 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
 Cost at the standard budget, estimated from the cached runs (``python experiments/rerun.py`` prints it; each
 missing run at the per-epoch wall time of the fastest cached run of its task and method family, one torch
 thread, i.e. an unloaded machine; the recipe-2 runs cached so far took 5-15x longer, sharing the CPU with other
-work): table2-r2 1 run (BoolQ) ~0.1 CPU-hours, adapterhub 12 runs ~1.3, table1-r2 30 runs ~3.6 (21 at 3 epochs
+work): table2-r2 1 run (BoolQ) ~0.1 CPU-hours, adapterhub 18 runs ~1.9, table1-r2 30 runs ~3.6 (21 at 3 epochs
 ~1.2, 9 at 10 epochs ~2.4; 20 epochs would be ~5.3 instead of 2.4, hence 10), mpnet-r2 8 runs ~5.7 (assuming
 8x MiniLM's time), figure3-r2 8 runs ~0.2, squad-r2 4 runs ~0.9. About 12 CPU-hours: ~6 hours with --jobs 2.
 """
@@ -188,18 +189,18 @@ def exp_squad_r2(R) -> None:
 
 # ------------------------------------------------------------------------------------------- AdapterHub
 def adapterhub_specs(R, task: str) -> list[dict]:
-    """AdapterHub's default adapter on ``task`` at Table 2's budget (data, epochs, batch size, length, seed),
-    one run per lr of the budget's ``adapterhub`` dict."""
+    """AdapterHub's adapters on ``task`` at Table 2's budget (data, epochs, batch size, length, seed): one run per
+    (config, lr) of the budget's ``adapterhub["runs"]``, the first being AdapterHub's default."""
     import run
 
-    A = R.B["adapterhub"]
-    return [run.train_spec(R.B, task, "adapterhub", lr, adapterhub_config=A["config"]) for lr in A["lrs"]]
+    return [run.train_spec(R.B, task, "adapterhub", lr, adapterhub_config=config)
+            for config, lr in R.B["adapterhub"]["runs"]]
 
 
 def exp_adapterhub(R) -> None:
     tasks = table2_tasks(R.B)
-    for i, lr in enumerate(R.B["adapterhub"]["lrs"]):  # AdapterHub's documented lr on every task first
-        R.log(f"adapterhub: lr {lr:g}, " + ", ".join(tasks))
+    for i, (config, lr) in enumerate(R.B["adapterhub"]["runs"]):  # the default on every task first
+        R.log(f"adapterhub: {config}, lr {lr:g}: " + ", ".join(tasks))
         R.need([adapterhub_specs(R, task)[i] for task in tasks])
 
 

@@ -100,7 +100,8 @@ def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods)
 
 @pytest.mark.slow
 def test_adapterhub_default_trains_through_the_runner_and_is_cached(mods, monkeypatch, tmp_path):
-    """A tiny slice of the quick budget (24 TREC rows, 2 epochs) through the side venv: the record has
+    """A tiny slice of the quick budget (24 TREC rows, 2 epochs) through the side venv, AdapterHub's default and
+    Houlsby's configuration: the record has
     adapterkit's metric on the validation rows, the best epoch, AdapterHub's versions; a second runner trains
     nothing; no partial directory is left."""
     run, rerun, runner, budgets = mods
@@ -111,14 +112,15 @@ def test_adapterhub_default_trains_through_the_runner_and_is_cached(mods, monkey
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
     monkeypatch.setitem(budgets.BUDGETS, "tiny", {**budgets.BUDGETS["quick"], "max_train": 24, "max_validation": 24,
                                                   "epochs": 2, "batch_size": 8, "table2_tasks": ("trec",),
-                                                  "adapterhub": {"config": "seq_bn", "lrs": (1e-3,)}})
+                                                  "adapterhub": {"runs": (("seq_bn", 1e-3), ("double_seq_bn", 1e-3))}})
     R = runner.Runner("tiny", log=lambda *a: None)
     rerun.exp_adapterhub(R)
-    assert R.trained == 1
-    (path,) = (tmp_path / "results" / "train").glob("*.json")
-    record = json.loads(path.read_text())
-    assert record["label"] == "trec-adapterhub-seq-bn-lr0.001"
-    res = record["result"]
+    assert R.trained == 2
+    records = {r["label"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "results" / "train").glob("*.json"))}
+    assert sorted(records) == ["trec-adapterhub-double-seq-bn-lr0.001", "trec-adapterhub-seq-bn-lr0.001"]
+    single, double = (records[f"trec-adapterhub-{c}-lr0.001"]["result"] for c in ("seq-bn", "double-seq-bn"))
+    assert double["trainable_params"] > single["trainable_params"]  # two adapters per layer, one head alike
+    res = single
     assert "error" not in res, res
     assert res["split"]["sizes"] == {"train": 24, "validation": 24}
     assert res["adapter_size"] == 24  # 384 / reduction factor 16
