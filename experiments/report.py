@@ -11,6 +11,7 @@ import generation
 import run
 import sections_glue as glue
 import sections_recipe
+import sections_rerun
 import sections_tasks as tasks
 from doc import DOC_BUDGETS, DOCS, Doc, doc_path, name, notes_path  # noqa: F401  (the tests read these here)
 
@@ -29,7 +30,7 @@ def build(budget: str = DOC_BUDGETS[0]) -> Doc:
     tasks.ablation(d)
     tasks.squad(d)
     for section, exp in ((glue.pooler, "pooler"), (glue.seeds, "seeds"), (glue.longer, "longer"), (tasks.levers, "levers"),
-                         (glue.mpnet, "mpnet"), (sections_recipe.recipe, "recipe"), (glue.fusion, "fusion"),
+                         (glue.mpnet, "mpnet"), (sections_recipe.recipe, "recipe"), (sections_rerun.section, "table2-r2"), (glue.fusion, "fusion"),
                          (generation.section, "generation")):
         if exp in runs:  # only some budgets have these
             section(d)

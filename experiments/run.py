@@ -6,6 +6,8 @@
     python experiments/run.py --budget full         # the larger protocol (days on CPU)
     python experiments/run.py --doc-only            # rebuild docs/results*.md + plots from the JSON
     python experiments/run.py --only generation     # issue 15: adapters vs full FT vs LoRA on SmolLM2 (generation.py)
+    python experiments/run.py --only table2-r2 --only adapterhub --only table1-r2 --jobs 2
+                                                    # issue 12: the default recipe's rerun, AdapterHub beside it (rerun.py)
 
 Every training run is described by a *spec* (a plain dict: model, task, method, size, lr, epochs, data
 subset, seed...). Its result is cached as ``experiments/results/train/<label>-<key>.json`` where ``key`` is
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # budgets, runner, ana
 
 import analyses  # noqa: E402
 import generation  # noqa: E402
+import rerun  # noqa: E402
 from budgets import BUDGETS, PAPER_LRS  # noqa: E402
 from runner import Runner, spec_key, train_spec  # noqa: E402,F401  (spec_key: the report reads it here)
 
@@ -436,6 +439,7 @@ EXPERIMENTS = {
     "recipe": exp_recipe,
     "fusion": exp_fusion,
     "generation": generation.exp_generation,
+    **rerun.EXPERIMENTS,  # issue 12: the evidence with the default recipe, AdapterHub's default beside it
 }
 
 
@@ -444,7 +448,7 @@ def experiments_of(budget: str) -> list[str]:
     skip = BUDGETS[budget].get("skip", ())
     defined_by = {"levers": "levers_task", "longer": "longer_task", "pooler": "pooler", "seeds": "seeds_task",
                   "mpnet": "mpnet_task", "recipe": "recipe_tasks", "fusion": "fusion_tasks",
-                  "generation": "generation"}  # only some budgets have these
+                  "generation": "generation", **rerun.NEEDS}  # only some budgets have these
     return [e for e in EXPERIMENTS
             if e not in skip and (e not in defined_by or defined_by[e] in BUDGETS[budget])]
 

@@ -37,6 +37,8 @@ def label_of(spec: dict) -> str:
         parts.append(f"m{spec['adapter_size']}")
     if spec["method"] == "top-k":
         parts.append(f"k{spec['top_layers']}")
+    if spec["method"] == "adapterhub":  # AdapterHub's own adapter, trained in the side venv (adapterhub_default.py)
+        parts.append(spec["adapterhub_config"].replace("_", "-"))
     parts.append(f"lr{spec['lr']:g}")
     if "init_std" in spec:
         parts.append(f"std{spec['init_std']:g}")
@@ -151,6 +153,11 @@ def _train_now(spec: dict) -> dict:
 
 def _train_locked(spec: dict, out: Path) -> dict:
     import torch
+
+    if spec["method"] == "adapterhub":
+        from adapterhub_default import train_adapterhub
+
+        return train_adapterhub(spec, out)
 
     from adapterkit.train import TrainConfig, train
 

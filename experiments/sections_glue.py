@@ -50,7 +50,7 @@ def header(d: Doc) -> None:
           + ("; the section \"The head's own pooler\" trains a copy of it)" if "pooler" in run.experiments_of(d.budget)
              else ")")
           + ("; recipe 1 (adapter before the sublayer's dropout, exact GELU, the head at the adapters' lr) everywhere "
-             "but the section \"The default recipe\", which trains recipe 2 |" if "recipe" in run.experiments_of(d.budget)
+             "but the sections \"The default recipe\" and \"The evidence with the default recipe\", which train recipe 2 |" if "recipe" in run.experiments_of(d.budget)
              else " |"),
           f"| threads | {B['machine']} |", "")
     others = [b for b in DOC_BUDGETS if b != d.budget]

@@ -1,0 +1,134 @@
+"""Issue 12's rerun experiments (experiments/rerun.py): recipe-2 specs are the earlier ones with only the adapter
+runs changed, identical specs reuse the cached runs, the runner trains a recipe-2 spec with the new defaults and
+a recipe-1 spec with the old ones, and AdapterHub's default trains through the runner in the side venv (slow)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(EXPERIMENTS))
+    import budgets
+    import rerun
+    import run
+    import runner
+
+    yield run, rerun, runner, budgets
+    sys.path.remove(str(EXPERIMENTS))
+
+
+def test_recipe_2_changes_only_the_adapter_runs(mods):
+    run, rerun, runner, budgets = mods
+    B = budgets.BUDGETS["standard"]
+    full = runner.train_spec(B, "r8", "full", 1e-4)
+    adapter = runner.train_spec(B, "r8", "adapter", 1e-3, size=64)
+    assert rerun.r2(B, full) is full
+    assert rerun.r2(B, adapter) == {**adapter, "recipe": 2, "head_lr": 3e-2}
+    squad = next(s for s in run.squad_specs(run.Runner("standard", dry=True, log=lambda *a: None))
+                 if s["method"] == "adapter")
+    assert rerun.r2(B, squad) == {**squad, "recipe": 2}  # QA's span head: the adapters' lr, recipe 2's default
+    assert runner.label_of(rerun.r2(B, adapter)) == "r8-adapter-m64-lr0.001-hlr0.03-r2"
+
+
+@pytest.mark.parametrize("spec_extra, site, head_lr", [({}, "before_dropout", 1e-3),
+                                                       ({"recipe": 2, "head_lr": 3e-2}, "after_dropout", 3e-2),
+                                                       ({"recipe": 2}, "after_dropout", 1e-3)])
+def test_the_runner_trains_each_recipe_with_its_own_settings(mods, monkeypatch, tmp_path, spec_extra, site, head_lr):
+    """Specs without ``recipe`` keep recipe 1 (their cache stays valid); recipe 2 reads the dropout's output."""
+    run, rerun, runner, budgets = mods
+    import adapterkit.train
+
+    seen = {}
+    monkeypatch.setattr(adapterkit.train, "train", lambda config: seen.setdefault("config", config))
+    spec = {**runner.train_spec(budgets.BUDGETS["standard"], "trec", "adapter", 1e-3, size=64), **spec_extra}
+    runner._train_locked(spec, tmp_path / "out")
+    config = seen["config"]
+    assert (config.site, config.head_lr, config.lr, config.adapter_size) == (site, head_lr, 1e-3, 64)
+
+
+needs_results = pytest.mark.skipif(not (EXPERIMENTS / "results" / "train").is_dir(), reason="no committed results")
+
+
+@needs_results
+def test_identical_specs_hit_the_recipe_experiments_cache(mods):
+    """Table 2's recipe-2 adapters are the recipe experiment's runs (same spec, same file); the other methods'
+    runs are Table 2's own; Table 1's size-64 lr-1e-3 adapters are the recipe check runs."""
+    run, rerun, runner, _ = mods
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+    variant = R.B["recipe_variants"][0]
+    assert variant == {"head_lr": R.B["rerun"]["head_lr"]}
+    for task in ("r8", "20newsgroups", "trec", "sms_spam", "rotten_tomatoes"):
+        new, old = rerun.table2_r2_specs(R, task), run.table2_specs(R, task)
+        assert [s for i, s in enumerate(new) if i != 2] == [s for i, s in enumerate(old) if i != 2]
+        assert runner.spec_key(new[2]) == runner.spec_key(run.recipe_spec(R, task, variant))
+        assert all(r is not None for r in R.need(new)), task
+    for task in ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola"):
+        grid = rerun.adapter_specs(R, task, 64)
+        assert run.recipe_spec(R, task, variant) in grid
+    # the CoLA full-FT run Table 1 chose, at 10 epochs, is the "longer" experiment's run
+    assert R.need([rerun.long_spec(R, rerun.short_choice(R, "glue/cola", "full"))])[0] is not None
+
+
+@needs_results
+def test_epochs_are_chosen_like_the_lr(mods):
+    """A method's choice is the better of its 3-epoch choice and that configuration at long_epochs."""
+    run, rerun, runner, _ = mods
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+    short = rerun.short_choice(R, "glue/cola", "full")
+    (long,) = R.need([rerun.long_spec(R, short)])
+    assert long["spec"] == {**short["spec"], "epochs": R.B["rerun"]["long_epochs"]}
+    chosen = rerun.epoch_choice(R, "glue/cola", "full")
+    assert chosen["result"]["best"]["main"] == max(short["result"]["best"]["main"], long["result"]["best"]["main"])
+
+
+def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods):
+    run, rerun, _, _ = mods
+    for name in rerun.EXPERIMENTS:
+        assert run.EXPERIMENTS[name] is rerun.EXPERIMENTS[name]
+        assert name in run.experiments_of("standard")
+        assert name not in run.experiments_of("quick")
+
+
+@pytest.mark.slow
+def test_adapterhub_default_trains_through_the_runner_and_is_cached(mods, monkeypatch, tmp_path):
+    """A tiny slice of the quick budget (24 TREC rows, 2 epochs) through the side venv, AdapterHub's default and
+    Houlsby's configuration: the record has
+    adapterkit's metric on the validation rows, the best epoch, AdapterHub's versions; a second runner trains
+    nothing; no partial directory is left."""
+    run, rerun, runner, budgets = mods
+    side = ROOT / "benchmarks" / ".venvs" / "adapterhub" / "bin" / "python"
+    if not side.exists():
+        pytest.skip("no side venv: run python benchmarks/_adapterhub_env.py")
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    monkeypatch.setitem(budgets.BUDGETS, "tiny", {**budgets.BUDGETS["quick"], "max_train": 24, "max_validation": 24,
+                                                  "epochs": 2, "batch_size": 8, "table2_tasks": ("trec",),
+                                                  "adapterhub": {"runs": (("seq_bn", 1e-3), ("double_seq_bn", 1e-3))}})
+    R = runner.Runner("tiny", log=lambda *a: None)
+    rerun.exp_adapterhub(R)
+    assert R.trained == 2
+    records = {r["label"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "results" / "train").glob("*.json"))}
+    assert sorted(records) == ["trec-adapterhub-double-seq-bn-lr0.001", "trec-adapterhub-seq-bn-lr0.001"]
+    single, double = (records[f"trec-adapterhub-{c}-lr0.001"]["result"] for c in ("seq-bn", "double-seq-bn"))
+    assert double["trainable_params"] > single["trainable_params"]  # two adapters per layer, one head alike
+    res = single
+    assert "error" not in res, res
+    assert res["split"]["sizes"] == {"train": 24, "validation": 24}
+    assert res["adapter_size"] == 24  # 384 / reduction factor 16
+    assert [e["epoch"] for e in res["epochs"]] == [1, 2]
+    assert res["best"] == max(res["epochs"], key=lambda e: e["main"])
+    assert res["best"]["main"] in {k / 24 for k in range(25)}  # accuracy over the 24 validation rows
+    assert res["versions"]["adapters"] == "1.3.0"
+    assert [p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")] == []
+    again = runner.Runner("tiny", log=lambda *a: None)
+    rerun.exp_adapterhub(again)
+    assert again.trained == 0
