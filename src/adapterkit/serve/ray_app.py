@@ -256,6 +256,20 @@ def run(spec: ReplicaSpec, replicas: int, host: str = "127.0.0.1", port: int = 8
     return None
 
 
+def serve_ray_options(options: dict, replicas: int, replica_cpus: float = 1.0) -> None:
+    """:func:`serve_ray` from ``adapterkit serve``'s parsed options (the parameters of :func:`.server.serve`)."""
+    if serve is None:
+        raise ImportError(NO_RAY)
+    logging.basicConfig(level=options["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = ("max_batch_size", "batch_window_ms", "max_queue", "max_inputs", "max_length", "max_chars",
+             "max_body_bytes", "tokenize_threads", "read_only")
+    settings = ServeSettings(**{k: options[k] for k in names}, request_timeout_s=options["request_timeout"],
+                             adapter_roots=options["adapter_root"] or ())
+    serve_ray(options["model"], options["adapters"], settings, options["host"], options["port"], replicas,
+              options["adapter_store"], options["max_loaded"], options["max_adapter_memory"], options["threads"],
+              replica_cpus)
+
+
 def serve_ray(model: str, adapters: Sequence[str] | dict[str, str], settings: ServeSettings, host: str, port: int,
               replicas: int, adapter_store: str | None, max_loaded: int | None, max_adapter_memory: int | None,
               threads: int | None = None, replica_cpus: float = 1.0) -> None:
@@ -272,6 +286,10 @@ def serve_ray(model: str, adapters: Sequence[str] | dict[str, str], settings: Se
         raise ValueError(f"--replicas must be >= 1, got {replicas}")
     if max_loaded is not None and max_loaded < 1:
         raise ValueError(f"--max-loaded must be >= 1, got {max_loaded}")
+    if not replica_cpus > 0:
+        raise ValueError(f"--replica-cpus must be > 0, got {replica_cpus}")
+    if not 0 < port < 65536:
+        raise ValueError(f"--port {port}: with --ray pass a fixed port (Ray's proxy listens on it on every node)")
     store = DirectoryStore(adapter_store).root if adapter_store else None  # absolute: the replicas' cwd differs
     parsed = {name: os.path.abspath(path) for name, path in parse_adapters(adapters or {}).items()}
     spec = ReplicaSpec(model=model if not os.path.isdir(model) else os.path.abspath(model), adapters=parsed,
@@ -283,4 +301,4 @@ def serve_ray(model: str, adapters: Sequence[str] | dict[str, str], settings: Se
 
 
 __all__ = ["AdapterReplica", "NO_RAY", "REPLICA_HEADER", "ReplicaSpec", "ResidentAdapter", "Router", "deployments",
-           "run", "serve_ray", "task_of"]
+           "run", "serve_ray", "serve_ray_options", "task_of"]
