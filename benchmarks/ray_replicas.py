@@ -3,19 +3,20 @@
 
 1. Saves ``--adapters`` MiniLM adapters (size 64, 2/3/regression heads; ``benchmarks/adapter_store.py``'s
    ``prepare``) in a store directory, and starts a local Ray instance (``ray.init(num_cpus=os.cpu_count())``).
-2. Deploys :mod:`adapterkit.serve.ray_app` with 1 replica of all the machine's CPUs, then 2 replicas of half
-   of them each (so both use the whole machine: 1 replica runs torch on 2 threads, 2 replicas on 1 each),
-   ``--rounds`` times, interleaved (1, 2, 1, 2, ...), so a change in the machine's load hits both alike.
+2. Deploys :mod:`adapterkit.serve.ray_app` in each ``--layouts`` ``RxT`` (R replicas of T CPUs and T torch
+   threads each): by default ``1x2`` (one replica, the whole 2-core machine), ``2x1`` (two replicas, the
+   whole machine between them) and ``1x1`` (one replica of one core: what one more replica adds), ``--rounds``
+   times, interleaved (1x2, 2x1, 1x1, 1x2, ...), so a change in the machine's load hits all alike.
 3. In each deployment, ``--clients`` concurrent asyncio + httpx clients send the same ``--requests``
    ``POST /v1/predict`` each (after ``--warmup`` untimed ones): a task drawn from Zipf(``--zipf``), 1..4
    sentences. Every answer must equal the first deployment's answer to the same request (1e-4) and none may
    fail.
 
-Reports, per deployment, requests/s, inputs/s, p50/p99 latency; and the 2-replica / 1-replica throughput ratio
-(median over rounds). The clients run in this process, on the same cores as the server. Writes
+Reports, per deployment, requests/s, inputs/s, p50/p99 latency; and the throughput ratios 2x1 / 1x2 (two
+replicas vs one, same cores) and 2x1 / 1x1 (two replicas vs one, one core each), medians over rounds. The clients run in this process, on the same cores as the server. Writes
 benchmarks/results/ray_replicas.json and prints a table.
 
-    python benchmarks/ray_replicas.py                         # 16 adapters, 8 clients x 40 requests, 2 rounds
+    python benchmarks/ray_replicas.py                         # 16 adapters, 8 clients x 20 requests, 2 rounds
     python benchmarks/ray_replicas.py --rounds 1 --requests 10 --out /tmp/x.json
 """
 
@@ -109,11 +110,9 @@ def compare(answers: dict, reference: dict) -> int:
     return wrong
 
 
-def deployment(spec: ReplicaSpec, replicas: int, port: int, work, args) -> dict:
-    cpus = os.cpu_count() / replicas
+def deployment(spec: ReplicaSpec, replicas: int, cpus: int, port: int, work, args) -> dict:
     started = time.perf_counter()
-    run(ReplicaSpec(**{**spec.__dict__, "threads": max(1, int(cpus))}), replicas, port=port, replica_cpus=cpus,
-        blocking=False)
+    run(ReplicaSpec(**{**spec.__dict__, "threads": cpus}), replicas, port=port, replica_cpus=cpus, blocking=False)
     deploy_s = time.perf_counter() - started
     try:
         result, wall = asyncio.run(timed(f"http://127.0.0.1:{port}", work, args.warmup))
@@ -122,7 +121,7 @@ def deployment(spec: ReplicaSpec, replicas: int, port: int, work, args) -> dict:
     lat = sorted(result["latencies"])
     inputs = sum(len(inp) for w in work for _, inp in w[args.warmup:])
     n = len(lat)
-    return {"replicas": replicas, "cpus_per_replica": cpus, "torch_threads_per_replica": max(1, int(cpus)),
+    return {"layout": f"{replicas}x{cpus}", "replicas": replicas, "cpus_per_replica": cpus,
             "deploy_seconds": deploy_s, "seconds": wall, "requests": n, "failed": result["failed"],
             "requests_per_s": n / wall, "inputs_per_s": inputs / wall,
             "p50_ms": 1000 * lat[n // 2], "p99_ms": 1000 * lat[min(n - 1, int(0.99 * n))],
@@ -134,9 +133,11 @@ def main(argv=None) -> None:
     p.add_argument("--adapters", type=int, default=16)
     p.add_argument("--zipf", type=float, default=1.1)
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--requests", type=int, default=40, help="timed requests per client")
+    p.add_argument("--requests", type=int, default=20, help="timed requests per client")
     p.add_argument("--warmup", type=int, default=5, help="untimed requests per client first")
-    p.add_argument("--rounds", type=int, default=2, help="1-replica and 2-replica deployments, interleaved")
+    p.add_argument("--rounds", type=int, default=2, help="every layout once per round, interleaved")
+    p.add_argument("--layouts", nargs="+", default=["1x2", "2x1", "1x1"],
+                   help="REPLICASxCPUS deployments (CPUs = torch threads per replica)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--batch-window-ms", type=float, default=5.0)
     p.add_argument("--store", type=Path, default=None, help="keep the adapters here (reused by later runs)")
@@ -161,24 +162,30 @@ def main(argv=None) -> None:
     runs, reference = [], None
     try:
         for r in range(args.rounds):
-            for replicas in (1, 2):
-                d = deployment(spec, replicas, args.port, work, args)
+            for layout in args.layouts:
+                replicas, cpus = (int(x) for x in layout.split("x"))
+                d = deployment(spec, replicas, cpus, args.port, work, args)
                 reference = reference or d["_answers"]
                 d["wrong"] = compare(d.pop("_answers"), reference)
                 d["round"] = r
                 runs.append(d)
-                print(f"round {r} replicas {replicas}: {d['requests_per_s']:.1f} req/s, {d['inputs_per_s']:.1f} "
+                print(f"round {r} {layout}: {d['requests_per_s']:.1f} req/s, {d['inputs_per_s']:.1f} "
                       f"inputs/s, p50 {d['p50_ms']:.0f} ms, p99 {d['p99_ms']:.0f} ms, wrong {d['wrong']}, failed "
                       f"{d['failed']}, per replica {d['per_replica']} (deployed in {d['deploy_seconds']:.0f} s)",
                       flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
-    ratios = [two["requests_per_s"] / one["requests_per_s"] for one, two in zip(runs[::2], runs[1::2])]
+    ratios = {}
+    for a, b in (("2x1", "1x2"), ("2x1", "1x1")):
+        by_round = [ra["requests_per_s"] / rb["requests_per_s"] for ra in runs for rb in runs
+                    if ra["layout"] == a and rb["layout"] == b and ra["round"] == rb["round"]]
+        if by_round:
+            ratios[f"{a}/{b}"] = {"median": statistics.median(by_round), "by_round": by_round}
     report = {
         "benchmark": "ray_replicas", "adapters": args.adapters, "zipf_s": args.zipf, "clients": args.clients,
         "requests_per_client": args.requests, "rounds": args.rounds, "batch_window_ms": args.batch_window_ms,
-        "throughput_ratio_2_vs_1": statistics.median(ratios), "ratios_by_round": ratios,
+        "throughput_ratios": ratios,
         "cpus": os.cpu_count(), "note": args.note, "ray": ray.__version__, "python": platform.python_version(),
         "torch": torch.__version__, "machine": platform.machine(), "runs": runs,
     }
@@ -189,16 +196,16 @@ def main(argv=None) -> None:
 
 
 def render(report: dict) -> str:
-    lines = ["| round | replicas | CPUs (torch threads) each | req/s | inputs/s | p50 ms | p99 ms | requests per replica "
-             "| wrong | failed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| round | replicas x CPUs (torch threads) | req/s | inputs/s | p50 ms | p99 ms | requests per replica "
+             "| wrong | failed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         split = " / ".join(str(v) for v in sorted(r["per_replica"].values(), reverse=True))
-        lines.append(f"| {r['round']} | {r['replicas']} | {r['cpus_per_replica']:g} ({r['torch_threads_per_replica']}) "
-                     f"| {r['requests_per_s']:.1f} | {r['inputs_per_s']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p99_ms']:.0f} | {split} | {r['wrong']} | {r['failed']} |")
+        lines.append(f"| {r['round']} | {r['layout']} | {r['requests_per_s']:.1f} | {r['inputs_per_s']:.1f} | "
+                     f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {split} | {r['wrong']} | {r['failed']} |")
     lines.append("")
-    lines.append(f"2 replicas / 1 replica throughput: {report['throughput_ratio_2_vs_1']:.2f}x (median of "
-                 f"{', '.join(f'{x:.2f}' for x in report['ratios_by_round'])}), on {report['cpus']} CPUs.")
+    for name, ratio in report["throughput_ratios"].items():
+        lines.append(f"Throughput {name}: {ratio['median']:.2f}x (median of "
+                     f"{', '.join(f'{x:.2f}' for x in ratio['by_round'])}), on {report['cpus']} CPUs.")
     return "\n".join(lines)
 
 

@@ -19,10 +19,11 @@ its own per-replica LRU of adapter names (``max_num_models_per_replica`` = ``--m
 them to its routers. The loader pins and loads the adapter through the replica's Residency (off the worker,
 as in one process) and returns a :class:`ResidentAdapter`; when Ray's LRU drops it, Ray calls its
 ``__del__``, which calls :meth:`Residency.unload <.residency.Residency.unload>`: evicted between batches,
-and never while a request uses it (a pinned adapter is evicted when its last request is answered). The
-Residency keeps the same ``--max-loaded`` bound (and ``--max-adapter-memory``) as a backstop, so correctness
-never depends on Ray's routing information being current: a request that reaches a replica without its
-adapter loads it there.
+and never while a request uses it (a pinned adapter is evicted when its last request is answered). So Ray's
+LRU is the ``--max-loaded`` bound. The Residency keeps ``--max-adapter-memory`` and a backstop of twice
+``--max-loaded`` for an adapter Ray does not know is there (a request whose adapter Ray dropped between its
+routing and its run loads it again, outside Ray's cache). Correctness never depends on Ray's routing
+information being current: a request that reaches a replica without its adapter loads it there.
 
 What is per replica: ``GET /metrics``, ``/healthz`` and ``/v1/adapters`` answer from one replica (the
 ``x-adapterkit-replica`` response header names it). Hot loading and unloading over HTTP (``POST /v1/adapters``,
@@ -111,8 +112,9 @@ class AdapterReplica:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         net, tokenizer = load_model(spec.model, kind=serving_kind(spec.model))
+        backstop = None if spec.max_loaded is None else 2 * spec.max_loaded  # Ray's LRU bounds at max_loaded
         self.app = create_app(net, tokenizer, spec.adapters, spec.settings, model_name=spec.model,
-                              store=spec.store, max_loaded=spec.max_loaded, max_memory=spec.max_memory)
+                              store=spec.store, max_loaded=backstop, max_memory=spec.max_memory)
         self.residency = self.app.state.residency
         self._stack = AsyncExitStack()
         await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))  # the worker starts
@@ -217,9 +219,10 @@ def deployments(spec: ReplicaSpec, replicas: int, replica_cpus: float = 1.0):
         async def get_adapter(self, name: str) -> ResidentAdapter:
             return await self._load_adapter(name)
 
-    # Each replica batches up to max_queue rows itself: let Ray hand it that many requests at once.
+    # A replica with 2 full batches of requests in flight counts as busy to Ray's router, which then sends a
+    # hot task's next requests to another replica (loading the adapter there too) instead of queueing them.
     replica = serve.deployment(Replica, name="AdapterReplica", num_replicas=replicas,
-                               max_ongoing_requests=max(8, spec.settings.max_queue),
+                               max_ongoing_requests=max(8, 2 * spec.settings.max_batch_size),
                                ray_actor_options={"num_cpus": replica_cpus})
     router = serve.deployment(Router, name="Router", num_replicas=1, max_ongoing_requests=10_000,
                               ray_actor_options={"num_cpus": 0})
