@@ -9,7 +9,8 @@ Two deployments (Ray Serve 2.x, ``pip install 'adapterkit[ray]'``):
   path). :meth:`AdapterReplica.forward` runs one HTTP request through that app in-process, so every route,
   status code and error body is the single-process server's.
 * :class:`Router` (the HTTP ingress, one replica, no CPU reserved): reads the body, takes the task of a
-  ``POST /v1/predict`` from it and calls a replica with ``handle.options(multiplexed_model_id=task)``. Ray
+  ``POST /v1/predict`` from it and, when the store holds that name, calls a replica with
+  ``handle.options(multiplexed_model_id=task)``. Ray
   Serve's model multiplexing then sends the request to a replica that already holds that adapter (or, for a
   new one, to the replica holding the fewest), so a task's traffic stays on few replicas while each replica
   still batches the rows of all the tasks it receives together. Other routes go to any replica.
@@ -157,9 +158,14 @@ class AdapterReplica:
 class Router:
     """The HTTP ingress: reads the request, routes ``POST /v1/predict`` by its task (multiplexed model id)."""
 
-    def __init__(self, replicas, max_body_bytes: int):
+    def __init__(self, replicas, max_body_bytes: int, store: str | None):
+        from .store import DirectoryStore
+
         self.replicas = replicas
         self.max_body = max_body_bytes
+        # Only names in the store are routed by name: Ray remembers every id it routes by, so a client's made-up
+        # names must not become ids; --adapter tasks are loaded in every replica and need no routing.
+        self.store = DirectoryStore(store) if store else None
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse, Response
@@ -180,8 +186,9 @@ class Router:
                                     413)
             chunks.append(chunk)
         body = b"".join(chunks)
-        task = task_of(body) if method == "POST" and path == "/v1/predict" else None
-        handle = self.replicas.options(multiplexed_model_id=task) if task else self.replicas
+        task = task_of(body) if method == "POST" and path == "/v1/predict" and self.store is not None else None
+        routed = task is not None and task in self.store  # a few lstat calls
+        handle = self.replicas.options(multiplexed_model_id=task) if routed else self.replicas
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         try:
             status, out, content = await handle.forward.remote(method, path, request.url.query, headers, body)
@@ -226,7 +233,7 @@ def deployments(spec: ReplicaSpec, replicas: int, replica_cpus: float = 1.0):
                                ray_actor_options={"num_cpus": replica_cpus})
     router = serve.deployment(Router, name="Router", num_replicas=1, max_ongoing_requests=10_000,
                               ray_actor_options={"num_cpus": 0})
-    return router.bind(replica.bind(spec), spec.settings.max_body_bytes)
+    return router.bind(replica.bind(spec), spec.settings.max_body_bytes, spec.store)
 
 
 def run(spec: ReplicaSpec, replicas: int, host: str = "127.0.0.1", port: int = 8000, replica_cpus: float = 1.0,
