@@ -60,6 +60,7 @@ The modules, in reading order:
   decode_loop.py  DecodeLoop: continuous batching for generation (rows join and leave between decode steps)
   openai_schemas.py, openai_api.py  the OpenAI-style generation routes around a DecodeLoop
   server.py     serve() (load, bind, run uvicorn) and main() (argparse); __main__.py runs main()
+  ray_app.py    ``--ray --replicas N``: the same app in N Ray Serve replicas, requests routed by task (optional)
 """
 
 from .batcher import Engine

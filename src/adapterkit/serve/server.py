@@ -120,12 +120,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-adapter-memory", type=_memory, default=None, metavar="SIZE",
                    help="with --adapter-store: at most SIZE (e.g. 512MB, 2GiB) of stored adapters' tensors in "
                    "memory, evicted as --max-loaded")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve: --replicas engine replicas over the adapter store, requests routed by "
+                   "task (joins a running Ray cluster, else starts a local one; needs adapterkit[ray])")
+    p.add_argument("--replicas", type=int, default=None, metavar="N", help="with --ray: engine replicas (default 1)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, metavar="CPUS",
+                   help="with --ray: CPUs Ray reserves for each replica")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (per replica with --ray)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true")
-    a = p.parse_args(argv)
+    options = vars(p.parse_args(argv))
+    ray, replicas, replica_cpus = options.pop("ray"), options.pop("replicas"), options.pop("replica_cpus")
     try:
-        serve(**vars(a))
-    except (ValueError, OSError, ServeError) as e:  # ModelError, AdapterLoadError, bad settings, port in use
+        if ray:
+            from .ray_app import serve_ray_options
+
+            serve_ray_options(options, 1 if replicas is None else replicas, replica_cpus)  # adapterkit/serve/ray_app.py
+        elif replicas is not None:
+            raise ValueError("--replicas needs --ray (one process serves without it)")
+        else:
+            serve(**options)
+    except (ValueError, OSError, ServeError, ImportError) as e:  # ModelError, AdapterLoadError, bad settings, port in use
         print(f"adapterkit serve: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
