@@ -224,6 +224,60 @@ def test_a_pinned_fusion_is_not_evicted_until_released(world):
         engine.stop()
 
 
+def test_concurrent_requests_evictions_and_deletes_with_fusions_give_the_all_resident_answers(world):
+    """Fusions and adapters of the store, at most 2 resident, 4 client threads sending random requests while
+    another keeps DELETE-ing: every answer is 200 and equals the unbounded server's, input by input."""
+    import concurrent.futures
+    import random
+    import time
+
+    names = ["fusions--xy", "fusions--yz", "glue--x", "glue--y", "glue--z"]
+    with client(world, store=str(world["store"])) as c:  # every task resident: the answers to match
+        want = {(n, i): row for n in names
+                for i, row in enumerate(c.post("/v1/predict", json={"task": n, "inputs": TEXTS}).json()["predictions"])}
+    settings = ServeSettings(batch_window_ms=2, max_batch_size=16, request_timeout_s=60)
+    stop = time.monotonic() + 3
+    with client(world, settings=settings, store=str(world["store"]), max_loaded=2) as c:
+        def ask(seed: int) -> int:
+            rng, n = random.Random(seed), 0
+            while time.monotonic() < stop or n < 5:  # at least 5 each, however busy the machine
+                task, rows = rng.choice(names), rng.sample(range(len(TEXTS)), rng.randint(1, len(TEXTS)))
+                r = c.post("/v1/predict", json={"task": task, "inputs": [TEXTS[i] for i in rows]})
+                assert r.status_code == 200, r.text
+                for got, i in zip(r.json()["predictions"], rows):
+                    expect = want[(task, i)]
+                    if "score" in expect:
+                        assert got["score"] == pytest.approx(expect["score"], abs=ATOL)
+                    else:
+                        assert got["label"] == expect["label"]
+                        assert got["scores"] == pytest.approx(expect["scores"], abs=ATOL)
+                n += 1
+            return n
+
+        def unload() -> int:
+            rng, n = random.Random(7), 0
+            while time.monotonic() < stop or n < 3:
+                n += c.delete(f"/v1/adapters/{rng.choice(names)}").status_code == 200
+                time.sleep(0.02)
+            return n
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            answered = [pool.submit(ask, s) for s in range(4)]
+            deletes = pool.submit(unload)
+            total, deletes = sum(f.result() for f in answered), deletes.result()
+        residency = c.app.state.residency
+        c.app.state.engine.control(lambda: None).result(timeout=30)
+        resident = residency.resident()
+        assert len(resident) <= 2 and residency.load_failures == 0 and residency.evictions > 0
+        # nothing left behind: the model holds exactly the resident tasks' adapters and fusions
+        model = c.app.state.engine.model
+        private = {f"{n}---{a}" for n in resident if n.startswith("fusions--") for a in n[-2:]}
+        plain = {n for n in resident if n.startswith("glue--")}
+        assert set(ak.list_adapters(model)) == private | plain
+        assert {f.name for f in ak.list_fusions(model)} == {f"{n}---fusion" for n in resident if n.startswith("fusions--")}
+    assert total >= 20 and deletes >= 3
+
+
 # --- hot load --------------------------------------------------------------------------------------------
 
 def test_hot_load_of_a_fusion_under_adapter_roots_and_its_delete(world):

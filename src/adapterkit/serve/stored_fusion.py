@@ -116,7 +116,7 @@ def _read_fused(residency, where: StoredAdapter, name: str, recorded: str, fusio
                          "over (another sha256 of its weights); restore that adapter or retrain the fusion")
     located = StoredAdapter(name, real_dir, real_root, 0)
     expected = residency._planned(located, meta, config, head)
-    return FusedAdapter(name, real_dir, meta, read_checked_weights(real_dir, real_dir, real_root, meta, expected))
+    return FusedAdapter(name, real_dir, meta, read_checked_weights(recorded, real_dir, real_root, meta, expected))
 
 
 def _planned_fusion(residency, where: StoredAdapter, adapter_meta: dict, meta: dict) -> dict[str, tuple[int, ...]]:
