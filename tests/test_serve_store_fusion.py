@@ -280,7 +280,7 @@ def test_concurrent_requests_evictions_and_deletes_with_fusions_give_the_all_res
 
 # --- hot load --------------------------------------------------------------------------------------------
 
-def test_hot_load_of_a_fusion_under_adapter_roots_and_its_delete(world):
+def test_hot_load_of_a_fusion_under_adapter_roots_and_its_delete(world, tmp_path):
     settings = ServeSettings(batch_window_ms=1, adapter_roots=[str(world["store"])])
     with client(world, settings=settings) as c:
         model = c.app.state.engine.model
@@ -296,9 +296,11 @@ def test_hot_load_of_a_fusion_under_adapter_roots_and_its_delete(world):
         r = c.post("/v1/adapters", json={"name": "leaky", "path": str(world["dirs"]["leaky"])})
         assert r.status_code == 403 and "fuses adapter 'y'" in r.text and "outside the adapter roots" in r.text, r.text
         assert ak.list_adapters(model) == []
-        # the fusion directory itself outside the roots: 403 as for an adapter
-        r = c.post("/v1/adapters", json={"name": "out", "path": str(world["outside"] / "y")})
-        assert r.status_code == 403, r.text
+        # the fusion directory itself outside the roots (its adapters inside): 403 as for an adapter
+        shutil.copytree(world["dirs"]["xy"], tmp_path / "xy")
+        r = c.post("/v1/adapters", json={"name": "out", "path": str(tmp_path / "xy")})
+        assert r.status_code == 403 and "outside the adapter roots" in r.text, r.text
+        assert ak.list_adapters(model) == []
 
 
 def test_hot_load_refuses_a_fusion_whose_adapters_lie_under_no_root(world):
