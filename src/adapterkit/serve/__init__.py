@@ -55,6 +55,7 @@ The modules, in reading order:
   batcher.py    Engine: the FIFO, the worker thread, dynamic batching, load/unload between batches
   store.py      AdapterStore / DirectoryStore: saved adapters addressable by name without loading them
   residency.py  ``--adapter-store``: load on first use off the worker, LRU eviction between batches, pins
+  fusion_task.py, stored_fusion.py  a fusion directory as a task (``--adapter``/hot load; from the store)
   schemas.py    the pydantic request and response bodies
   app.py        create_app: the FastAPI routes around an Engine
   decode_loop.py  DecodeLoop: continuous batching for generation (rows join and leave between decode steps)

@@ -39,9 +39,10 @@ from ..mixed import predict_mixed
 from ..model import list_adapters, remove_adapter
 from ..composition import Fuse
 from ..fusion_io import read_fusion_config
-from .fusion_task import fused_directories, is_fusion_dir, load_fusion_task, unload_fusion_task
+from .fusion_task import confined_directories, fused_directories, is_fusion_dir, load_fusion_task, unload_fusion_task
 from .metrics import Metrics
-from .settings import BadAdapter, Conflict, Expired, NonFinite, QueueFull, ServeSettings, UnknownTask, safe
+from .settings import (BadAdapter, Conflict, Expired, NonFinite, QueueFull, ServeError, ServeSettings, UnknownTask,
+                       safe)
 from .tasks import Task, format_predictions, model_max_length, task_from_model
 
 log = logging.getLogger("adapterkit.serve")
@@ -91,8 +92,13 @@ class Engine:
     def _load(self, name: str, path: str, root: str | None = None) -> Task:
         if name in list_adapters(self.model) or name in self.tasks:
             raise Conflict.name_in_use(name)
-        if root is None and is_fusion_dir(path):  # a fusion and the adapters it fuses (fusion_task.py)
-            task = load_fusion_task(self, name, path)
+        if is_fusion_dir(path):  # a fusion and the adapters it fuses (fusion_task.py)
+            try:
+                task = load_fusion_task(self, name, path, root)
+            except ServeError:
+                raise
+            except Exception as e:  # noqa: BLE001 - AdapterLoadError, or anything a hostile directory provokes
+                raise self._bad(path, e) from None
             self.tasks = {**self.tasks, name: task}
             return task
         try:
@@ -129,11 +135,14 @@ class Engine:
     def check_adapter(self, path: str, root: str | None = None) -> dict:
         """Read and validate ``path``'s config (inside ``root``) off the worker; raise :class:`BadAdapter`."""
         try:
-            if root is None and is_fusion_dir(path):
-                fused_directories(path)
-                return read_fusion_config(path)
+            if is_fusion_dir(path):
+                meta = read_fusion_config(path, root)
+                fused = fused_directories(path, root, meta)
+                if root is not None:
+                    confined_directories(self.settings, path, fused)
+                return meta
             return self._read_config(path, root)
-        except BadAdapter:
+        except ServeError:  # BadAdapter, Forbidden
             raise
         except Exception as e:  # noqa: BLE001
             raise self._bad(path, e) from None

@@ -13,6 +13,9 @@ rows have been answered (or it gave up). The rules:
   small modules and copying the checked tensors in) is queued for the worker, which runs it between two
   batches like any control message. Rows of resident adapters keep being batched while a cold one is read.
   Concurrent requests for one cold adapter share one load.
+* **Fusions** in the store (``fusion_config.json`` directories) are stored entries too: read with their fused
+  adapters on the loader thread, inserted on the worker, one entry whose bytes include its fused adapters'
+  (:mod:`.stored_fusion`).
 * **Bounds**: ``max_loaded`` adapters and/or ``max_memory`` bytes of adapter tensors (store adapters only:
   ``--adapter`` and hot-loaded ones are not counted and never evicted). Before an insertion the worker
   evicts least-recently-used adapters until the new one fits; an adapter pinned by a request in flight
@@ -36,6 +39,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..io import (AdapterLoadError, adapter_shape, check_fingerprint, fingerprint, insert_tensors,
@@ -45,6 +49,7 @@ from ..model import list_adapters, planned_tensors, remove_adapter
 from .metrics import Histogram
 from .settings import BadAdapter, Conflict, Expired, ServeError, UnknownTask, safe
 from .store import AdapterStore, StoredAdapter, UnknownAdapter
+from .stored_fusion import insert_stored_fusion, read_stored_fusion
 from .tasks import Task, task_from_model
 
 log = logging.getLogger("adapterkit.serve")
@@ -195,8 +200,15 @@ class Residency:
     def _cold_load(self, name: str, future: concurrent.futures.Future, started: float) -> None:
         try:
             where = self.store.locate(name)
-            tensors, meta, nbytes = self._read(where)
-            inner = self.engine.control(lambda: self._insert(where, meta, tensors, nbytes))
+            if where.kind == "fusion":  # the fusion and its fused adapters, read and checked here (stored_fusion.py)
+                read = read_stored_fusion(self, where)
+                self._check_fits(where, read.nbytes)
+                inner = self.engine.control(lambda: self._insert(where, read.nbytes,
+                                                                 lambda: insert_stored_fusion(self.engine, where, read)))
+            else:
+                tensors, meta, nbytes = self._read(where)
+                inner = self.engine.control(lambda: self._insert(where, nbytes,
+                                                                 lambda: self._insert_adapter(where, meta, tensors)))
         except BaseException as e:  # noqa: BLE001 - answered to the waiting requests, never raised here
             self._finish(name, future, started, error=e)
             return
@@ -214,10 +226,13 @@ class Residency:
         except AdapterLoadError as e:
             raise BadAdapter(f"stored adapter {where.name!r} cannot be loaded: {safe(str(e), 1000)}") from None
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        if self.max_memory is not None and nbytes > self.max_memory:
-            raise BadAdapter(f"stored adapter {where.name!r} takes {nbytes} bytes, more than the whole adapter "
-                             f"memory bound ({self.max_memory}); raise --max-adapter-memory")
+        self._check_fits(where, nbytes)
         return tensors, meta, nbytes
+
+    def _check_fits(self, where: StoredAdapter, nbytes: int) -> None:
+        if self.max_memory is not None and nbytes > self.max_memory:
+            raise BadAdapter(f"stored {where.kind} {where.name!r} takes {nbytes} bytes, more than the whole adapter "
+                             f"memory bound ({self.max_memory}); raise --max-adapter-memory")
 
     def _planned(self, where: StoredAdapter, meta: dict, config, head) -> dict[str, tuple[int, ...]]:
         """The tensor shapes this config and head give in the model (the same for every adapter of one shape),
@@ -256,28 +271,32 @@ class Residency:
             future.set_exception(error)
 
     # the worker thread (between batches)
-    def _insert(self, where: StoredAdapter, meta: dict, tensors: dict, nbytes: int) -> Task:
+    def _insert(self, where: StoredAdapter, nbytes: int, build: Callable[[], Task]) -> Task:
+        """Make room for ``nbytes``, then ``build()`` the task (an adapter's or a fusion's insertion) and count it."""
         started = time.perf_counter()
         name = where.name
         self._evict(self._victims(1, nbytes))
-        model = self.engine.model
-        if name in list_adapters(model):  # hot-loaded under this name meanwhile
+        if name in list_adapters(self.engine.model) or name in self.engine.tasks:  # hot-loaded meanwhile
             raise Conflict.name_in_use(name)
+        task = build()
+        with self._lock:
+            self._resident[name] = nbytes
+            self.engine.tasks = {**self.engine.tasks, name: task}
+            self.insert_seconds.observe(time.perf_counter() - started)
+        return task
+
+    def _insert_adapter(self, where: StoredAdapter, meta: dict, tensors: dict) -> Task:
+        model, name = self.engine.model, where.name
         config, head = adapter_shape(meta)
         try:
             insert_tensors(model, name, config, head, tensors, f"{where.directory}")
         except AdapterLoadError as e:
             raise BadAdapter(f"stored adapter {name!r} cannot be loaded: {safe(str(e), 1000)}") from None
         try:
-            task = task_from_model(model, name, where.directory, meta, self.engine.settings, self.engine.model_limit)
+            return task_from_model(model, name, where.directory, meta, self.engine.settings, self.engine.model_limit)
         except BaseException:
             remove_adapter(model, name)
             raise
-        with self._lock:
-            self._resident[name] = nbytes
-            self.engine.tasks = {**self.engine.tasks, name: task}
-            self.insert_seconds.observe(time.perf_counter() - started)
-        return task
 
     def _over(self, count: int, nbytes: int) -> bool:
         """Whether ``count`` more adapters of ``nbytes`` in all would break a bound (call with the lock held)."""

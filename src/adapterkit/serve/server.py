@@ -112,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=2048,
                    help="causal LMs: the most prompt tokens one generation request may send before 422")
     p.add_argument("--adapter-store", default=None, metavar="DIR",
-                   help="serve every adapter saved under DIR (a tree) by name, loading it on first use: "
-                   "DIR/a/b-c/ is task a--b-c. See --max-loaded")
+                   help="serve every adapter (and fusion) saved under DIR (a tree) by name, loading it on first "
+                   "use: DIR/a/b-c/ is task a--b-c. See --max-loaded")
     p.add_argument("--max-loaded", type=int, default=None, metavar="N",
                    help="with --adapter-store: at most N stored adapters in memory; the least recently used "
                    "one not in use is evicted between batches (default: no limit)")

@@ -1,6 +1,7 @@
 """Where the server finds adapters it has not loaded yet: an :class:`AdapterStore` names every adapter it holds
 and says where each one is, without loading any. :class:`DirectoryStore` is a directory tree of adapters saved
-by :func:`adapterkit.save_adapter`; another store (an object store, a database) implements the same three
+by :func:`adapterkit.save_adapter` and fusions saved by :func:`adapterkit.save_fusion` (``adapterkit train
+--method fusion``; a fusion is served as one task, :mod:`.stored_fusion`); another store (an object store, a database) implements the same three
 methods. :mod:`.residency` decides which of them are in memory.
 
 Names. An adapter at ``DIR/customers/acme-v2/`` is named ``customers--acme-v2``: its path relative to the store,
@@ -26,6 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checks import CONFIG_FILE, MAX_NAME_CHARS, WEIGHTS_FILE
+from ..fusion_io import FUSION_CONFIG_FILE, FUSION_WEIGHTS_FILE
+
+# what makes a directory a stored entry, by kind (an adapter directory first: it is what it always was)
+ENTRY_FILES = {"adapter": (CONFIG_FILE, WEIGHTS_FILE), "fusion": (FUSION_CONFIG_FILE, FUSION_WEIGHTS_FILE)}
 
 SEPARATOR = "--"
 _COMPONENT = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
@@ -40,15 +45,18 @@ class UnknownAdapter(KeyError):
 
 @dataclass(frozen=True)
 class StoredAdapter:
-    """Where a stored adapter is: ``directory`` (absolute), to be loaded with ``root`` as its adapter root."""
+    """Where a stored adapter is: ``directory`` (absolute), to be loaded with ``root`` as its adapter root.
+    ``kind`` "fusion": a fusion directory (its fused adapters are read when it is loaded)."""
 
     name: str
     directory: str
     root: str
     bytes: int  # size of its weights file (what it will take in memory, about)
+    kind: str = "adapter"  # or "fusion"
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": os.path.relpath(self.directory, self.root), "bytes": self.bytes}
+        return {"name": self.name, "path": os.path.relpath(self.directory, self.root), "bytes": self.bytes,
+                "kind": self.kind}
 
 
 class AdapterStore(ABC):
@@ -92,7 +100,8 @@ def parts_to_name(parts: list[str]) -> str | None:
 
 
 class DirectoryStore(AdapterStore):
-    """Every adapter directory (one holding ``adapter_config.json``) under ``root``, a directory tree."""
+    """Every adapter directory (one holding ``adapter_config.json``) and fusion directory (``fusion_config.json``)
+    under ``root``, a directory tree."""
 
     def __init__(self, root: str | os.PathLike):
         try:
@@ -116,33 +125,41 @@ class DirectoryStore(AdapterStore):
             path = os.path.join(path, part)
             if not _is_real_dir(path):
                 raise UnknownAdapter(f"the adapter store holds no adapter named {name!r}")
-        config = os.path.join(path, CONFIG_FILE)
+        kind = _entry_kind(path)
+        if kind is None:
+            raise UnknownAdapter(f"the adapter store holds no adapter named {name!r}")
         try:
-            if not stat.S_ISREG(os.lstat(config).st_mode):
-                raise UnknownAdapter(f"the adapter store holds no adapter named {name!r}")
-        except OSError:
-            raise UnknownAdapter(f"the adapter store holds no adapter named {name!r}") from None
-        try:
-            size = os.lstat(os.path.join(path, WEIGHTS_FILE)).st_size
+            size = os.lstat(os.path.join(path, ENTRY_FILES[kind][1])).st_size
         except OSError:
             size = 0  # the load will say what is wrong
-        return StoredAdapter(name, path, self.root, size)
+        return StoredAdapter(name, path, self.root, size, kind)
 
     def names(self) -> list[str]:
         out = []
         for top, dirs, files in os.walk(self.root, followlinks=False):
             rel = os.path.relpath(top, self.root)
             parts = [] if rel == "." else rel.split(os.sep)
-            if parts and CONFIG_FILE in files:
-                dirs[:] = []  # an adapter directory holds no further adapters
+            if parts and any(config in files for config, _ in ENTRY_FILES.values()):
+                dirs[:] = []  # an adapter (or fusion) directory holds no further adapters
                 name = parts_to_name(parts)
-                if name is not None and stat.S_ISREG(os.lstat(os.path.join(top, CONFIG_FILE)).st_mode):
+                if name is not None and _entry_kind(top) is not None:
                     out.append(name)
                 continue
             # os.walk lists symlinks to directories in dirs but does not enter them; skip names that cannot
             # be addressed, so that the walk stays inside what locate() accepts.
             dirs[:] = sorted(d for d in dirs if _COMPONENT.match(d) and _is_real_dir(os.path.join(top, d)))
         return sorted(out)
+
+
+def _entry_kind(path: str) -> str | None:
+    """"adapter" or "fusion" for a directory holding that kind's config as a regular file (not a link), else None."""
+    for kind, (config, _) in ENTRY_FILES.items():
+        try:
+            if stat.S_ISREG(os.lstat(os.path.join(path, config)).st_mode):
+                return kind
+        except OSError:
+            continue
+    return None
 
 
 def _is_real_dir(path: str) -> bool:
