@@ -39,14 +39,14 @@ import torch
 
 from .kinds import StackedParts
 
-MAX_TOKENS_PER_ROW = 64  # above this, grouped measured as fast or faster (prefill of long prompts, encoders)
-MAX_ROWS_PER_ADAPTER = 8  # likewise for many rows per adapter: the grouped matmuls are already large
+MAX_TOKENS_PER_ROW = 64  # one site at 32 rows x 128 tokens measured ~10% slower stacked than grouped; 8 x 40 faster
+MAX_ROWS_PER_ADAPTER = 8  # not measured beyond: with many rows per adapter the grouped matmuls are large already
 
 
 def worth_stacking(rows: int, tokens_per_row: int, adapters: int) -> bool:
     """Whether the stacked path is expected to beat the grouped one: few tokens per row (decode steps, short
-    prompts) and more than one adapter. Measured with benchmarks/mixed_decode_site.py and
-    benchmarks/mixed_batch.py (see docs/generation.md)."""
+    prompts), more than one adapter, not many rows per adapter. Measured per site (one SmolLM2 site: 0.13 vs
+    0.96 ms at 8 rows x 1 token, benchmarks/mixed_decode_site.py) and end to end (docs/benchmarks.md)."""
     return adapters > 1 and tokens_per_row <= MAX_TOKENS_PER_ROW and rows <= MAX_ROWS_PER_ADAPTER * adapters
 
 
@@ -138,8 +138,8 @@ class StackedSites:
             return None
         weights = self._weights_for(site, layout)
         v = x if layout.reads_input else h
-        if v is None:
-            return None
+        if v is None or v.dtype != weights.w_down.dtype or v.device != weights.w_down.device:
+            return None  # the grouped path raises (or copes) as each adapter alone would
         tokens = h.shape[1:-1].numel()
         if layout.dense:
             vs = v.reshape(len(layout.names), layout.per_group * tokens, v.shape[-1])  # (G, R*T, d_in)
