@@ -5,7 +5,8 @@ Part 1, throughput: the same B prompts, N new tokens each (EOS ignored so every 
   single    the same batch, every row on adapter 0
   hf_loop   a loop over the requests, each ``model.generate(min_new_tokens=N, max_new_tokens=N)`` alone with
             its adapter active (what a server without mixed batching does)
-Reported: generated tokens/s (wall and process CPU time), and time to first token (TTFT): for the batched
+Reported: generated tokens/s (wall and process CPU time), the mixed / single ratio overall and split into the
+prefill and the decode steps (CPU time), and time to first token (TTFT): for the batched
 variants the prefill of the whole batch; for the loop, the mean over requests of the time from the start of
 the loop to that request's first token (a request waits for those before it). Variants run interleaved
 round by round (mixed single hf_loop, mixed single hf_loop ...), medians reported.
@@ -65,11 +66,11 @@ def batched(model, tok, ids, adapters, new: int) -> dict:
     rows = [Row(list(p), a, SamplingParams(max_new_tokens=new)) for p, a in zip(ids, adapters)]
     w0, c0 = time.perf_counter(), time.process_time()
     batch = prefill(model, rows, tok.pad_token_id, tok, eos=frozenset())
-    ttft = time.perf_counter() - w0
+    ttft, prefill_cpu = time.perf_counter() - w0, time.process_time() - c0
     while not all(r.done for r in rows):
         decode_step(model, batch, tok, eos=frozenset())
     return {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0, "ttft": ttft,
-            "tokens": sum(len(r.generated) for r in rows)}
+            "prefill_cpu": prefill_cpu, "tokens": sum(len(r.generated) for r in rows)}
 
 
 class _FirstToken:
@@ -121,6 +122,10 @@ def throughput(model, tok, batch: int, new: int, reps: int, adapters: int) -> di
     ratios = [m["cpu"] and s["cpu"] / m["cpu"] for m, s in zip(runs["mixed"], runs["single"])]
     out["mixed_vs_single_cpu"] = statistics.median(ratios)  # tokens/s ratio = inverse time ratio
     out["mixed_vs_single_wall"] = statistics.median(s["wall"] / m["wall"] for m, s in zip(runs["mixed"], runs["single"]))
+    decode = lambda r: r["cpu"] - r["prefill_cpu"]  # noqa: E731 - the decode steps alone (CPU time)
+    out["mixed_vs_single_decode_cpu"] = statistics.median(decode(s) / decode(m) for m, s in zip(runs["mixed"], runs["single"]))
+    out["mixed_vs_single_prefill_cpu"] = statistics.median(s["prefill_cpu"] / m["prefill_cpu"]
+                                                           for m, s in zip(runs["mixed"], runs["single"]))
     return out
 
 
@@ -181,8 +186,10 @@ def render(res: dict) -> str:
     for k, label in names.items():
         v = t[k]
         lines.append(f"| {label} | {v['tok_s_cpu']:.1f} | {v['tok_s_wall']:.1f} | {v['ttft_s']:.2f} |")
+    split = (f" Decode steps alone: {t['mixed_vs_single_decode_cpu']:.2f}x, prefill alone: "
+             f"{t['mixed_vs_single_prefill_cpu']:.2f}x (CPU time)." if "mixed_vs_single_decode_cpu" in t else "")
     lines += ["", f"Mixed / single throughput: {t['mixed_vs_single_cpu']:.2f}x (CPU time), "
-              f"{t['mixed_vs_single_wall']:.2f}x (wall).", "",
+              f"{t['mixed_vs_single_wall']:.2f}x (wall); medians of per-round ratios.{split}", "",
               f"Continuous vs static batching: {res.get('longs')} long requests ({res.get('long_tokens')} tokens) and "
               f"{res.get('shorts')} short ones ({res.get('short_tokens')} tokens) submitted together, 8 adapters, at most "
               "8 rows running; latency = submit to last token.", "",

@@ -66,10 +66,10 @@ def prepare(root: Path, n: int) -> dict[str, Path]:
     return dirs
 
 
-def start_server(dirs: dict[str, Path], args, log_path: Path):
+def start_server(dirs: dict[str, Path], args, log_path: Path, model: str = "minilm"):
     import httpx
 
-    cmd = [sys.executable, "-m", "adapterkit.serve", "--model", "minilm", "--host", "127.0.0.1", "--port", "0",
+    cmd = [sys.executable, "-m", "adapterkit.serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
            *(["--threads", str(args.threads)] if args.threads else []),
            "--max-batch-size", str(args.batch_size), "--batch-window-ms", str(args.batch_window_ms),
            "--max-queue", "4096", "--log-level", "warning"]
@@ -92,6 +92,18 @@ def start_server(dirs: dict[str, Path], args, log_path: Path):
         time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"server did not start:\n{log_path.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen, log) -> bool:
+    """Terminate the server started by :func:`start_server`; True when it exited cleanly (not crashed)."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+    return proc.returncode in (0, -15)  # terminated by us
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -223,13 +235,7 @@ def main() -> None:
         try:
             served = asyncio.run(load(url, list(dirs), args, proc.pid))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-        alive = proc.returncode in (0, -15)  # terminated by us, not crashed
+            alive = stop_server(proc, log)
         baseline = direct(dirs, args)
     report = {
         "benchmark": "serve_load",

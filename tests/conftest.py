@@ -54,6 +54,34 @@ def tiny_inputs(model_type: str, batch: int = 3, length: int = 8, seed: int = 1)
     return inputs
 
 
+def spy_taken(monkeypatch, cls, method: str) -> list[bool]:
+    """Patch ``cls.method`` to record, per call, whether it returned something (True) or None (False)."""
+    taken = []
+    original = getattr(cls, method)
+
+    def counting(self, *args):
+        result = original(self, *args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(cls, method, counting)
+    return taken
+
+
+def assert_rows_match_alone(model, names: list, seed: int, atol: float, tokens: int = 6, vocab: int = 100) -> None:
+    """Logits of a mixed batch (inference mode), row by row, against each row run alone with its adapter."""
+    import adapterkit as ak
+
+    ids = torch.randint(1, vocab, (len(names), tokens), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        with ak.use_adapter(model, names):
+            mixed = model(input_ids=ids).logits
+        for i, name in enumerate(names):
+            with ak.use_adapter(model, name):
+                alone = model(input_ids=ids[i : i + 1]).logits
+            torch.testing.assert_close(mixed[i : i + 1], alone, atol=atol, rtol=0)
+
+
 def logits(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits

@@ -145,3 +145,16 @@ def test_onnx_runtime_section_renders_the_committed_results_into_the_doc():
         assert f"| ONNX Runtime fp32 | {g['rows']['onnxruntime']['median_ms']:.1f} |" in section
     assert res["accuracy"]["onnxruntime"]["predictions_differing_from_pytorch"] == 0
     assert section in (BENCH.parent / "docs" / "benchmarks.md").read_text()
+
+
+def test_generation_sections_render_the_committed_results_into_the_doc():
+    """docs/benchmarks.md carries the generation tables (benchmarks/generation.py) and the generation load test's
+    table (benchmarks/serve_generation_load.py) as their render functions give them from benchmarks/results/;
+    the committed load test had no failures."""
+    doc = (BENCH.parent / "docs" / "benchmarks.md").read_text()
+    generation = json.loads((BENCH / "results" / "generation.json").read_text())
+    assert _load("generation").render(generation) in doc
+    assert generation["throughput"]["mixed_vs_single_cpu"] >= 0.9  # issue 15's acceptance, as measured
+    load = json.loads((BENCH / "results" / "serve_generation_load.json").read_text())
+    assert _load("serve_generation_load").render(load) in doc
+    assert load["server"]["failed"] == 0 and load["server_exit_ok"] and load["server"]["requests"] > 0

@@ -12,7 +12,7 @@ from torch import nn
 import adapterkit as ak
 from adapterkit.layers import ModuleCopies
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
-from conftest import tiny_model
+from conftest import assert_rows_match_alone, spy_taken, tiny_model
 
 NAMES = ["a", "a", "b", "b", "b", None, "c"]  # sorted by adapter: contiguous groups (slices)
 
@@ -34,28 +34,7 @@ def norm_copies(model) -> list[nn.Module]:
 
 
 def spy(monkeypatch) -> list[bool]:
-    taken = []
-    original = ModuleCopies._mixed_rms_norm
-
-    def counting(self, *args):
-        result = original(self, *args)
-        taken.append(result is not None)
-        return result
-
-    monkeypatch.setattr(ModuleCopies, "_mixed_rms_norm", counting)
-    return taken
-
-
-def assert_rows_match_alone(model, names: list, seed: int, atol: float) -> None:
-    """Logits of a mixed batch, row by row, against each row run alone with its adapter."""
-    ids = torch.randint(1, 100, (len(names), 6), generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        with ak.use_adapter(model, names):
-            mixed = model(input_ids=ids).logits
-        for i, name in enumerate(names):
-            with ak.use_adapter(model, name):
-                alone = model(input_ids=ids[i : i + 1]).logits
-            torch.testing.assert_close(mixed[i : i + 1], alone, atol=atol, rtol=0)
+    return spy_taken(monkeypatch, ModuleCopies, "_mixed_rms_norm")
 
 
 def test_rms_norm_rows_equal_each_adapter_alone(monkeypatch):

@@ -12,6 +12,10 @@ layer's result), a kind is a small object with two methods and two facts:
                                      without allocating: by default ``build`` on the meta device)
     combine(module, h, x, config) -> the sublayer's new output from its output h (..., d) and, for a kind
                                      that reads it, its input x (else None)
+    stacked_parts(module, config) -> optional: the module as (down, act, up, scale) when ``combine`` is
+                                     h + scale * up(act(down(x or h))); a mixed batch then runs all its rows'
+                                     adapters of such kinds in one batched matmul (stacked.py). None (the
+                                     default): the per-adapter grouped path, which works for every kind
 
 ``model.add_adapter`` asks the registry which sites to hook and what to build, ``layers.BottleneckLayer``
 asks it how to combine. A new kind is one module (its ``nn.Module``), one :class:`AdapterKind` passed to
@@ -27,7 +31,7 @@ This module imports only torch and the bottleneck; the config asks it which name
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -35,6 +39,18 @@ from torch import nn
 from .bottleneck import Bottleneck
 
 SUBLAYERS = ("attention", "ffn")
+
+
+class StackedParts(NamedTuple):
+    """An adapter module seen as ``scale * up(act(down(v)))`` (v: the sublayer's input for a kind that reads
+    it, else its output), for the stacked mixed-batch path (stacked.py). ``activation`` names ``act``: only
+    adapters with the same one stack together."""
+
+    down: nn.Linear
+    act: nn.Module
+    up: nn.Linear
+    scale: float
+    activation: str
 
 
 class AdapterKind:
@@ -52,6 +68,11 @@ class AdapterKind:
     def combine(self, module: nn.Module, h: torch.Tensor, x: torch.Tensor | None, config: Any) -> torch.Tensor:
         """The sublayer's new output from its output ``h`` (..., d) and input ``x`` (None unless reads_input)."""
         raise NotImplementedError
+
+    def stacked_parts(self, module: nn.Module, config: Any) -> StackedParts | None:
+        """``module`` as down/act/up/scale when ``combine`` is ``h + scale * up(act(down(v)))`` with v = x for a
+        kind that reads the input, else h; None (the default) keeps mixed batches on the grouped path."""
+        return None
 
     fusable: bool = False  # whether ``branch`` gives what AdapterFusion attends over (fusion.py)
 
@@ -88,6 +109,14 @@ class SerialBottleneck(AdapterKind):
     def combine(self, module, h, x, config):  # (..., d) -> (..., d)
         return h + module(h)
 
+    def stacked_parts(self, module, config) -> StackedParts | None:
+        if type(module) is not Bottleneck or module.down.bias is None or module.up.bias is None:
+            return None  # a subclass may compute something else: keep it on the grouped path
+        return StackedParts(module.down, module.act, module.up, self._scale(config), config.activation)
+
+    def _scale(self, config) -> float:
+        return 1.0
+
     def branch(self, module, h, x, config):  # (..., d) -> (..., d): f(h)
         return module(h)
 
@@ -101,6 +130,9 @@ class ParallelBottleneck(SerialBottleneck):
 
     def combine(self, module, h, x, config):  # x: (..., d_in) -> (..., d)
         return h + module(x) * config.scaling
+
+    def _scale(self, config) -> float:
+        return config.scaling
 
     branch = AdapterKind.branch
 
@@ -143,4 +175,4 @@ register(SerialBottleneck("pfeiffer", sublayers=("ffn",)))
 register(ParallelBottleneck("parallel"))
 register(ParallelBottleneck("parallel_ffn", sublayers=("ffn",)))  # He et al.'s best single placement; AdapterHub's par_bn
 
-__all__ = ["AdapterKind", "ParallelBottleneck", "SerialBottleneck", "get", "names", "register", "unregister"]
+__all__ = ["AdapterKind", "ParallelBottleneck", "SerialBottleneck", "StackedParts", "get", "names", "register", "unregister"]
