@@ -154,3 +154,44 @@ def test_an_adapter_of_an_unregistered_kind_does_not_load(tmp_path):
         logits(model, tiny_inputs("bert"))
     finally:
         kinds.register(GatedKind())
+
+
+class ScaledBottleneck(nn.Module):
+    """A module with a non-persistent buffer: not in its state dict, so a load cannot fill it."""
+
+    def __init__(self, hidden_size: int, bottleneck_size: int):
+        super().__init__()
+        self.bottleneck = ak.Bottleneck(hidden_size, bottleneck_size, "relu", 1e-3)
+        self.register_buffer("scale", torch.full((1,), 0.5), persistent=False)
+
+
+class ScaledKind(kinds.AdapterKind):
+    name = "toy_scaled"
+    sublayers = ("ffn",)
+
+    def build(self, config, hidden_size):
+        return ScaledBottleneck(hidden_size, config.bottleneck_size(hidden_size))
+
+    def combine(self, module, h, x, config):
+        return h + module.scale * module.bottleneck(h)
+
+
+def test_build_module_for_a_load_skips_the_random_init_but_never_leaves_a_tensor_unfilled():
+    """A load builds from a meta-device prototype (no random init; the file fills every tensor), on the
+    reference's device and dtype; a kind whose module holds a tensor outside its state dict is built as usual."""
+    config = ak.AdapterConfig(size=8)
+    like = torch.zeros(1, dtype=torch.float64)
+    built = kinds.build_module(config.kind, config, 16, like=like)
+    for_load = kinds.build_module(config.kind, config, 16, like=like, initialise=False)
+    assert type(for_load) is type(built)
+    assert {k: (v.shape, v.dtype, v.device) for k, v in for_load.state_dict().items()} == \
+           {k: (v.shape, v.dtype, v.device) for k, v in built.state_dict().items()}
+    assert all(v.dtype == torch.float64 for v in for_load.state_dict().values())
+    for_load.load_state_dict(built.state_dict())
+    h = torch.randn(2, 3, 16, dtype=torch.float64)
+    assert torch.equal(config.kind.combine(for_load, h, None, config), config.kind.combine(built, h, None, config))
+    assert kinds.build_module(config.kind, config, 16, like=like, initialise=False) is not for_load  # a copy each time
+
+    scaled = ScaledKind()
+    module = kinds.build_module(scaled, config, 16, like=like, initialise=False)
+    assert torch.equal(module.scale, torch.full((1,), 0.5, dtype=torch.float64))  # built, not left empty

@@ -8,8 +8,6 @@ The model stays the user's own object (a ``PreTrainedModel`` or any ``nn.Module`
 from __future__ import annotations
 
 import contextlib
-import copy
-import functools
 import re
 import reprlib
 import traceback
@@ -20,7 +18,7 @@ import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec, LayerSites, base_modules, detect, embedding_norm_module, head_modules, pooler_module, resolve
-from . import parallel
+from . import kinds, parallel
 from .composition import Average, Fuse, Parallel, Stack, adapter_names
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
@@ -277,7 +275,7 @@ def _build(model, name, config, plan, routing, created, touched, initialise: boo
         if step[0] == "bottleneck":
             _, output_module, dropout, input_module, d = step
             reference = next(output_module.parameters())
-            module = _new_module(config, d, reference, initialise)
+            module = kinds.build_module(config.kind, config, d, like=reference, initialise=initialise)
             holder = _holder(output_module, lambda o=output_module, p=dropout: BottleneckLayer(routing, o, p), created)
             touched.append(holder)
             holder.add(name, module, config.kind, config, input_module)
@@ -293,27 +291,6 @@ def _build(model, name, config, plan, routing, created, touched, initialise: boo
                 copy = replace_last_linear(copy, resize, getattr(getattr(model, "config", None), "initializer_range", 0.02))
             touched.append(holder)
             holder.add(name, copy)
-
-
-def _new_module(config: AdapterConfig, d: int, reference: torch.Tensor, initialise: bool) -> nn.Module:
-    """The module ``config``'s kind builds for width ``d``, on ``reference``'s device and dtype. Without
-    ``initialise`` (every tensor is about to be overwritten: a load) it is a copy of a prototype built once on
-    the meta device, its storage left uninitialised: building and randomly initialising it was two thirds of a
-    load's time on the server's worker. A module with tensors outside its state dict (non-persistent
-    buffers, which nothing would fill) is built and initialised as usual."""
-    if not initialise:
-        prototype = _meta_prototype(config.kind, config, d)  # keyed by the kind object too: kinds re-register
-        if prototype is not None:
-            return copy.deepcopy(prototype).to_empty(device=reference.device).to(dtype=reference.dtype)
-    return config.kind.build(config, d).to(device=reference.device, dtype=reference.dtype)
-
-
-@functools.lru_cache(maxsize=32)
-def _meta_prototype(kind, config: AdapterConfig, d: int) -> nn.Module | None:
-    with torch.device("meta"):
-        module = kind.build(config, d)
-    filled = module.state_dict().keys()
-    return module if all(n in filled for n, _ in (*module.named_parameters(), *module.named_buffers())) else None
 
 
 def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
