@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import adapterkit as ak
-from adapterkit.layers import ModuleCopies
+from adapterkit.copies import ModuleCopies
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from conftest import assert_rows_match_alone, spy_taken, tiny_model
 

@@ -23,7 +23,8 @@ from adapterkit.cli import app
 from adapterkit.data import load_task
 from adapterkit.export import ONNX_META_FILE, OnnxExportError, export_model_onnx
 from adapterkit.export.onnx import INT8_FILE, MODEL_FILE, run_onnx
-from adapterkit.layers import BottleneckLayer, ModuleCopies
+from adapterkit.copies import ModuleCopies
+from adapterkit.layers import BottleneckLayer
 from adapterkit.model import adapter_modules
 
 from train_helpers import save_tiny_bert

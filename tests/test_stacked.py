@@ -17,7 +17,8 @@ from gen_helpers import add_lm_adapters, reference, tiny_llama, tiny_tokenizer
 
 import adapterkit as ak
 from adapterkit.composition import Stack
-from adapterkit.layers import BottleneckLayer, ModuleCopies
+from adapterkit.copies import ModuleCopies
+from adapterkit.layers import BottleneckLayer
 from adapterkit.stacked import StackedSites, worth_stacking
 
 NAMES = ["a", "a", "b", None, "c", "c", "c"]  # sorted by adapter; "c" has another size, None the base model

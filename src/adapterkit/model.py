@@ -22,7 +22,8 @@ from . import kinds, parallel
 from .composition import Average, Fuse, Parallel, Stack, adapter_names
 from .config import MAX_SIZE_FACTOR, AdapterConfig, AdapterConfigError
 from .heads import HeadConfig, head_shapes, replace_last_linear
-from .layers import AdapterModule, BottleneckLayer, ModuleCopies, Routing
+from .copies import ModuleCopies
+from .layers import AdapterModule, BottleneckLayer, Routing
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 

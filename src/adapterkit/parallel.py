@@ -46,7 +46,8 @@ from torch import nn
 
 from .architectures import ArchitectureSpec, base_modules, head_modules, layer_lists
 from .composition import Parallel
-from .layers import AdapterModule, ModuleCopies, Routing, _first_tensor
+from .copies import ModuleCopies
+from .layers import AdapterModule, Routing, _first_tensor
 
 
 def replication_point(model: nn.Module, spec: ArchitectureSpec, block: Parallel) -> tuple[nn.Module, list[nn.Module]]:

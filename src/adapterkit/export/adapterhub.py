@@ -35,7 +35,7 @@ from .. import io as core_io
 from ..architectures import resolve
 from ..checks import MAX_CONFIG_BYTES, AdapterLoadError, check_meta, parse_json, read_file, resolve_directory
 from ..heads import MAX_LABELS, HeadConfig
-from ..layers import ModuleCopies
+from ..copies import ModuleCopies
 from ..model import _NAME, adapter_modules, adapter_tensors, get_state, planned_tensors
 from . import adapterhub_format as fmt
 from .torch_files import load_state_dict

@@ -16,7 +16,7 @@ import torch
 
 import adapterkit as ak
 from ..heads import HeadConfig
-from ..layers import ModuleCopies
+from ..copies import ModuleCopies
 from ..model import adapter_modules
 from .adapterhub import export_adapterhub, import_adapterhub, layer_norm_differences, read_adapterhub_config
 
