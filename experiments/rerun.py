@@ -15,6 +15,8 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
     mpnet-r2    all-mpnet-base-v2 on RTE, MRPC, STS-B, CoLA: full FT and size-64 adapters at MiniLM's choices
     figure3-r2  Figure 3's adapter sizes
     squad-r2    SQuAD's adapter sizes (the span head at the adapters' lr: recipe 2's default for QA)
+    size-lr     Table 1's sizes 8 and 256 with a size-dependent lr: size 64's best lr x 64 / size
+                (``--lr-reference-size 64``), beside table1-r2's sizes at size 64's lr
 
 Cost at the standard budget, estimated from the cached runs (``python experiments/rerun.py`` prints it; each
 missing run at the per-epoch wall time of the fastest cached run of its task and method family, one torch
@@ -146,6 +148,20 @@ def exp_table1_r2(R) -> None:
     R.need([s for t in tasks for s in long_specs(R, t)])
 
 
+def size_lr_specs(R, task: str) -> list[dict]:
+    """Issue 12's size-dependent lr: the sizes other than 64 at size 64's best recipe-2 lr times 64 / size
+    (``lr_reference_size``: the adapters at lr x 64/m, the head at its own lr). Empty until size 64's grid ran."""
+    return [{**s, "lr_reference_size": 64} for size in R.B["sizes"] if size != 64 for s in adapter_specs(R, task, size)]
+
+
+def exp_size_lr(R) -> None:
+    tasks = table1_tasks(R.B)
+    R.log("size-lr: size-64 adapters (table1-r2's grid)")
+    R.need([s for t in tasks for s in adapter_specs(R, t, 64)])
+    R.log("size-lr: sizes " + ", ".join(str(m) for m in R.B["sizes"] if m != 64) + " at lr x 64 / size")
+    R.need([s for t in tasks for s in size_lr_specs(R, t)])
+
+
 # ------------------------------------------------------------------------------------ MPNet, Figure 3, SQuAD
 def mpnet_r2_specs(R) -> list[dict]:
     """all-mpnet-base-v2 on ``mpnet_tasks``: full FT at Table 1's lr, size-64 recipe-2 adapters at the lr
@@ -205,7 +221,7 @@ def exp_adapterhub(R) -> None:
 
 
 EXPERIMENTS = {"table2-r2": exp_table2_r2, "adapterhub": exp_adapterhub, "table1-r2": exp_table1_r2,
-               "mpnet-r2": exp_mpnet_r2, "figure3-r2": exp_fig3_r2, "squad-r2": exp_squad_r2}
+               "mpnet-r2": exp_mpnet_r2, "figure3-r2": exp_fig3_r2, "squad-r2": exp_squad_r2, "size-lr": exp_size_lr}
 #: The budget key each experiment needs (a budget without it skips the experiment).
 NEEDS = {name: ("adapterhub" if name == "adapterhub" else "rerun") for name in EXPERIMENTS}
 #: Every run of each experiment (what the results page counts as expected).
@@ -216,6 +232,7 @@ SPECS = {
     "mpnet-r2": mpnet_r2_specs,
     "figure3-r2": lambda R: [s for t in R.B["fig3_tasks"] for s in fig3_r2_specs(R, t)],
     "squad-r2": squad_r2_specs,
+    "size-lr": lambda R: [s for t in table1_tasks(R.B) for s in size_lr_specs(R, t)],
 }
 #: CPU cost of all-mpnet-base-v2 against MiniLM-L6 per example (12 x 768 against 6 x 384; run.mpnet_specs).
 MPNET_COST = 8.0

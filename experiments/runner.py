@@ -56,6 +56,8 @@ def label_of(spec: dict) -> str:
         parts.append(spec["site"].replace("_", "-"))
     if spec.get("probe_epochs"):
         parts.append(f"lp{spec['probe_epochs']}")
+    if spec.get("lr_reference_size"):  # the adapters at lr x reference / size
+        parts.append(f"lrref{spec['lr_reference_size']}")
     if "recipe" in spec:  # trained by adapterkit's recipe N (2: adapter after the dropout, tanh GELU)
         parts.append(f"r{spec['recipe']}")
     if spec.get("seed", SEED) != SEED:
@@ -172,7 +174,7 @@ def _train_locked(spec: dict, out: Path) -> dict:
                           train_embedding_norm=spec.get("train_embedding_norm", False),
                          # recipe 2 reads the dropout's output unless its spec says otherwise; earlier runs the projection
                          site=spec.get("site", "after_dropout" if spec.get("recipe", 1) >= 2 else "before_dropout"),
-                         probe_epochs=spec.get("probe_epochs", 0),
+                         probe_epochs=spec.get("probe_epochs", 0), lr_reference_size=spec.get("lr_reference_size"),
                          fuse=tuple(str(ensure_trained(s) / "adapter") for s in spec.get("fuse_from", ())),
                          doc_stride=spec.get("doc_stride", 128),
                          lr=spec["lr"], epochs=spec["epochs"], eval_batch_size=spec.get("eval_batch_size", 64),

@@ -205,6 +205,16 @@ def sizes(d: Doc) -> None:
           + verdict(False if collapsed else None if missing else True)
           + (f" (collapsed: {', '.join(collapsed)})" if collapsed else "")
           + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
+    others = [s for s in B["sizes"] if s != 64]
+    d.add("With a size-dependent lr (`--lr-reference-size 64`): the adapters of size m at size 64's best lr x 64 / m "
+          "(the head at its own lr), beside the same sizes at size 64's lr (above).", "",
+          "| task | " + " | ".join(f"m={s}, lr x {64 / s:g}" for s in others) + " |", "|---|" + "---|" * len(others))
+    for task in rerun.table1_tasks(B):
+        specs = rerun.size_lr_specs(d.R, task)
+        recs = {s["adapter_size"]: r for s, r in zip(specs, d.need("size-lr", specs))}
+        d.add(f"| {name(task)} | " + " | ".join(NOT_RUN if recs.get(s) is None else
+                                                f"{cell(recs[s])} (lr {recs[s]['spec']['lr'] * 64 / s:g})" for s in others) + " |")
+    d.add("")
 
 
 def mpnet(d: Doc) -> None:

@@ -224,7 +224,7 @@ _FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
 _OPTIONS = {"--batch-size": _INTS, "--eval-batch-size": _INTS, "--max-length": _INTS, "--doc-stride": _INTS,
             "--max-train": _INTS, "--max-validation": _INTS, "--seed": _INTS, "--adapter-size": _INTS,
             "--top-layers": _INTS, "--lr": _FLOATS, "--warmup": _FLOATS, "--init-std": _FLOATS,
-            "--head-lr": _FLOATS, "--probe-epochs": _INTS}
+            "--head-lr": _FLOATS, "--probe-epochs": _INTS, "--lr-reference-size": _INTS}
 
 
 @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck),

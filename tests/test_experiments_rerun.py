@@ -90,6 +90,27 @@ def test_epochs_are_chosen_like_the_lr(mods):
     assert chosen["result"]["best"]["main"] == max(short["result"]["best"]["main"], long["result"]["best"]["main"])
 
 
+@needs_results
+def test_size_lr_runs_are_table1s_sizes_at_size_64s_best_lr_scaled_by_size(mods, monkeypatch, tmp_path):
+    """Issue 12's size-dependent lr: sizes 8 and 256 at size 64's best recipe-2 lr with lr_reference_size 64, their
+    own cache entries (not table1-r2's), and the runner hands the option to TrainConfig."""
+    run, rerun, runner, _ = mods
+    import adapterkit.train
+
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+    best = run.best_of(R.need(rerun.adapter_specs(R, "glue/rte", 64)))
+    specs = rerun.size_lr_specs(R, "glue/rte")
+    plain = [s for m in (8, 256) for s in rerun.adapter_specs(R, "glue/rte", m)]
+    assert specs == [{**s, "lr_reference_size": 64} for s in plain]
+    assert [(s["adapter_size"], s["lr"]) for s in specs] == [(8, best["spec"]["lr"]), (256, best["spec"]["lr"])]
+    assert runner.label_of(specs[1]) == f"glue-rte-adapter-m256-lr{best['spec']['lr']:g}-hlr0.03-lrref64-r2"
+    assert {runner.spec_key(s) for s in specs}.isdisjoint(runner.spec_key(s) for s in plain)
+    seen = {}
+    monkeypatch.setattr(adapterkit.train, "train", lambda config: seen.setdefault("config", config))
+    runner._train_locked(specs[1], tmp_path / "out")
+    assert (seen["config"].lr_reference_size, seen["config"].body_lr(384)) == (64, best["spec"]["lr"] / 4)
+
+
 def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods):
     run, rerun, _, _ = mods
     for name in rerun.EXPERIMENTS:

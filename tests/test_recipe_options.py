@@ -172,3 +172,31 @@ def test_site_flows_from_train_into_the_saved_adapter(tiny, tmp_path):
     assert TrainConfig(output="x").site == "after_dropout" == ak.AdapterConfig().site  # the paper's order (issue 12)
     with pytest.raises(ValueError, match="--site must be after_dropout or before_dropout"):
         _config(tiny, tmp_path / "x", site="middle")
+
+
+@pytest.mark.parametrize("size, reference, expected", [(16, 4, 2.5e-4), (2, 4, 2e-3), (4, 4, 1e-3)])
+def test_lr_reference_size_scales_the_adapters_lr_by_their_size(tiny, tmp_path, monkeypatch, size, reference, expected):
+    """Issue 12's size-dependent lr: the adapters and layer-norm copies at lr x reference / size, the head at its own."""
+    lrs, metrics = _groups_of(tiny, tmp_path / f"m{size}", monkeypatch, adapter_size=size, lr_reference_size=reference)
+    assert lrs == [pytest.approx(expected, rel=1e-12), 3e-2]
+    assert metrics["body_lr"] == pytest.approx(expected, rel=1e-12) and metrics["lr"] == 1e-3
+    assert metrics["config"]["lr_reference_size"] == reference
+
+
+def test_lr_reference_size_off_is_recorded_as_before(tiny, tmp_path):
+    """Unset, the option is not recorded: runs made before it existed are still reused by sweep and --resume."""
+    assert "lr_reference_size" not in _config(tiny, tmp_path / "x").recorded()
+
+
+@pytest.mark.parametrize("kw, message", [({"lr_reference_size": 0}, "--lr-reference-size must be a positive integer"),
+                                         ({"lr_reference_size": 2.5}, "--lr-reference-size must be a positive integer"),
+                                         ({"lr_reference_size": 64, "method": "full"}, "use it with --method adapter")])
+def test_bad_lr_reference_size_is_refused(tiny, tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tiny, tmp_path / "x", **kw)
+
+
+def test_a_scaled_lr_above_the_limit_is_refused_before_the_run_starts(tiny, tmp_path):
+    with pytest.raises(ValueError, match="above 10.0; lower --lr or --lr-reference-size"):
+        train(_config(tiny, tmp_path / "big", lr=1.0, adapter_size=1, lr_reference_size=64))
+    assert not (tmp_path / "big").exists()

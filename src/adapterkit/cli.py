@@ -162,6 +162,8 @@ def train(
     head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: 3e-2 for an adapter's classification or regression head, else --lr)")] = None,
     probe_epochs: Annotated[int, typer.Option(
         help="LP-FT warm start: the first N epochs train only the head, then everything trains")] = 0,
+    lr_reference_size: Annotated[Optional[int], typer.Option(
+        help="adapter: a size-dependent lr, the adapters (not the head) at --lr x M / --adapter-size (e.g. 64)")] = None,
     epochs: int = 3,
     batch_size: Annotated[int, typer.Option(help="global batch size (over all processes)")] = 32,
     eval_batch_size: int = 64,
@@ -193,7 +195,7 @@ def train(
                          placement=placement, init_std=init_std, adapter_layers=layers, top_layers=top_layers,
                          fuse=tuple(d for d in (fuse or "").split(",") if d),
                          train_pooler=train_pooler, train_embedding_norm=train_embedding_norm, site=site, lr=lr, head_lr=head_lr,
-                         probe_epochs=probe_epochs,
+                         probe_epochs=probe_epochs, lr_reference_size=lr_reference_size,
                          epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length,
                          doc_stride=doc_stride, max_train=max_train, max_validation=max_validation, seed=seed,
                          warmup=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, data=data,

@@ -79,6 +79,10 @@ class TrainConfig(MethodConfig):
     lr: float | None = None  # None: DEFAULT_LR[method]
     head_lr: float | None = None  # the task head's lr (None: DEFAULT_HEAD_LR, else lr); see methods.head_parameters
     probe_epochs: int = 0  # LP-FT (Kumar et al. 2022): the first N epochs train only the head, then everything
+    # A size-dependent lr: the adapters (not the head) train at lr * lr_reference_size / adapter_size. Adam moves
+    # every weight by about lr per step, so the branch's output moves with the m units summed in the up
+    # projection: scaling by 1/m keeps that change per step the same for every size. None: lr for every size.
+    lr_reference_size: int | None = None
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -104,6 +108,10 @@ class TrainConfig(MethodConfig):
                   (self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be a number in (0, {MAX_LR}]"),
                   (self.head_lr is None or 0 < self.head_lr <= MAX_LR, f"--head-lr must be a number in (0, {MAX_LR}]"),
                   (0 <= self.probe_epochs < self.epochs, "--probe-epochs must lie in [0, --epochs)"),
+                  (self.lr_reference_size is None or (isinstance(self.lr_reference_size, int) and self.lr_reference_size >= 1),
+                   "--lr-reference-size must be a positive integer (an adapter size, e.g. 64)"),
+                  (self.lr_reference_size is None or self.method == "adapter",
+                   "--lr-reference-size scales an adapter's lr by its size; use it with --method adapter"),
                   (0 <= self.warmup < 1, "--warmup must lie in [0, 1)"),
                   (self.max_length is None or self.max_length >= 8, "--max-length must be at least 8"),
                   (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
@@ -116,6 +124,13 @@ class TrainConfig(MethodConfig):
             if not ok:
                 raise ValueError(message)
         self.learning_rate = self.lr if self.lr is not None else DEFAULT_LR.get(self.method, 1e-3)
+
+    def body_lr(self, hidden_size: int | None) -> float:
+        """The lr of everything that trains but the task head: ``lr``, times ``lr_reference_size`` / m for
+        adapters of width m (on a model of ``hidden_size``)."""
+        if self.lr_reference_size is None or hidden_size is None:
+            return self.learning_rate
+        return self.learning_rate * self.lr_reference_size / self.adapter.bottleneck_size(hidden_size)
 
     def head_lr_for(self, kind: str) -> float:
         """The lr of the task head on a task of ``kind``: ``head_lr``, else DEFAULT_HEAD_LR, else ``lr``."""
@@ -136,6 +151,8 @@ class TrainConfig(MethodConfig):
             d["fuse"] = list(d["fuse"])
         else:
             d.pop("fuse")
+        if d["lr_reference_size"] is None:  # likewise: recorded only where set
+            d.pop("lr_reference_size")
         d.update({keyword: getattr(self, keyword) for keyword in ADAPTER_OPTIONS})
         if d["adapter_layers"] is not None:  # as JSON reads it back (--resume compares the two)
             d["adapter_layers"] = list(d["adapter_layers"])
@@ -264,13 +281,16 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         raise ValueError(f"--batch-size {config.batch_size} must be divisible by the {n_proc} processes")
     steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    head_lr = config.head_lr_for(task.kind)
-    own_group = head_lr != config.learning_rate or config.probe_epochs > 0
+    head_lr, body_lr = config.head_lr_for(task.kind), config.body_lr(_hidden_size(model))
+    if body_lr > MAX_LR:
+        raise ValueError(f"--lr x --lr-reference-size / the adapter size is {body_lr:g}, above {MAX_LR}; lower --lr "
+                         "or --lr-reference-size")
+    own_group = head_lr != body_lr or config.probe_epochs > 0
     head = {id(p) for p in head_parameters(model, method)} if own_group else set()
     if config.probe_epochs and not head:
         raise ValueError("--probe-epochs needs a task head that trains (this task shares the model's frozen head); "
                          "drop --probe-epochs")
-    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": config.learning_rate}]
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": body_lr}]
     if head:  # a new head starts from random weights: it may need a larger step than the rest
         groups.append({"params": [p for p in trainable if id(p) in head], "lr": head_lr})
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -354,7 +374,8 @@ def train(config: TrainConfig, accelerator=None) -> dict:
         **counts, "epochs": state["history"], "best": state["best"],
         "train_seconds": round(state["train_seconds"], 3),
         "examples_per_second": round(state["examples"] / max(state["train_seconds"], 1e-9), 2),
-        "seed": config.seed, "lr": config.learning_rate, "head_lr": head_lr, "probe_epochs": config.probe_epochs,
+        "seed": config.seed, "lr": config.learning_rate, "body_lr": body_lr, "head_lr": head_lr,
+        "probe_epochs": config.probe_epochs,
         "batch_size": config.batch_size,
         "max_length": max_length, "num_processes": n_proc, "device": str(accelerator.device),
         "label_names": task.label_names, "split": task.split, "config": config.recorded(), "versions": _versions(),
@@ -386,6 +407,12 @@ def _finished_partial(run_dir: Path, config: TrainConfig) -> dict | None:
     return metrics if same else None
 
 
+def _hidden_size(model) -> int | None:
+    c = model.config
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or getattr(c, "n_embd", None)
+    return hidden if isinstance(hidden, int) else None
+
+
 def _check_model_limits(config: TrainConfig, model, max_length: int) -> int:
     """Refuse a --max-length above the model's position limit (a default above it is lowered to it) and an
     --adapter-size above 4x the hidden size (a bottleneck wider than that is no bottleneck, and a typo such
@@ -399,8 +426,8 @@ def _check_model_limits(config: TrainConfig, model, max_length: int) -> int:
             raise ValueError(f"--max-length {config.max_length} is above the limit of model {config.model!r}, "
                              f"{limit} tokens (its position embeddings); pass --max-length {limit} or less")
         max_length = limit
-    hidden = getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or getattr(c, "n_embd", None)
-    size = config.adapter.bottleneck_size(hidden) if isinstance(hidden, int) else None
+    hidden = _hidden_size(model)
+    size = config.adapter.bottleneck_size(hidden) if hidden is not None else None
     if config.method == "adapter" and size is not None and size > MAX_SIZE_FACTOR * hidden:
         raise ValueError(f"--adapter-size {size} is above the limit of {MAX_SIZE_FACTOR * hidden} ({MAX_SIZE_FACTOR} x the hidden "
                          f"size {hidden} of model {config.model!r}); bottleneck sizes are usually 8 to {hidden}")
