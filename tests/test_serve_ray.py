@@ -33,6 +33,7 @@ from adapterkit.serve.ray_app import REPLICA_HEADER, ReplicaSpec, run  # noqa: E
 
 ATOL = 1e-5
 TASKS = ["t0", "t1", "t2", "team--t3", "team--t4"]
+FUSION = "fusions--f01"  # a fusion in the store over t0's and t1's adapters (served like an adapter)
 HEADS = [2, 3, "regression"]
 TEXTS = ["a gripping, beautifully acted film", "dull and far too long", ["the cat sat", "on the mat"], "ok"]
 MAX_LOADED = 2
@@ -54,6 +55,11 @@ def world(tmp_path_factory):
         ak.add_adapter(model, f"a{i}", ak.AdapterConfig(size=8), head=HEADS[i % 3])
         perturb(model, f"a{i}", 0.3, seed=i)
         ak.save_adapter(model, f"a{i}", store / Path(*name.split("--")))
+    block = ak.Fuse("a0", "a1")
+    ak.add_fusion(model, block, head=2)
+    perturb_fusion(model, block)
+    fused = {"a0": str((store / "t0").resolve()), "a1": str((store / "t1").resolve())}
+    ak.save_fusion(model, block, store / Path(*FUSION.split("--")), extra={"kind": "classification", "fused_adapters": fused})
     settings = ServeSettings(batch_window_ms=2)
     reference, _ = load_model(str(model_dir))
     started = time.perf_counter()
@@ -73,6 +79,16 @@ def world(tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def perturb_fusion(model, block) -> None:
+    import torch
+
+    from adapterkit.fusion import fusion_parameters
+
+    with torch.no_grad():
+        for p in fusion_parameters(model, block):
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.2)
 
 
 def predict(client, task, inputs=TEXTS):
@@ -103,8 +119,9 @@ def test_a_tasks_requests_go_to_the_replica_that_holds_its_adapter(world):
 
 
 def test_every_answer_equals_the_single_process_servers_under_concurrent_mixed_traffic(world):
-    want = {t: world["single"].post("/v1/predict", json={"task": t, "inputs": TEXTS}).json() for t in TASKS}
-    jobs = [TASKS[i % len(TASKS)] for i in range(40)]  # 5 tasks over 2 replicas of 2 adapters: evictions happen
+    tasks = TASKS + [FUSION]
+    want = {t: world["single"].post("/v1/predict", json={"task": t, "inputs": TEXTS}).json() for t in tasks}
+    jobs = [tasks[i % len(tasks)] for i in range(48)]  # 6 tasks over 2 replicas of 2 entries: evictions happen
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda t: predict(world["client"], t), jobs))
     replicas = set()
@@ -127,7 +144,7 @@ def test_ray_lru_drop_unloads_through_the_residency(world):
         if len(seen) == 2:
             break
     for store in seen.values():
-        assert store["known"] == sorted(TASKS)
+        assert store["known"] == sorted(TASKS + [FUSION])
         # The replica's Residency alone would keep 2 * MAX_LOADED (its backstop): only Ray's drops hold it here.
         assert store["max_loaded"] == 2 * MAX_LOADED and len(store["resident"]) <= MAX_LOADED
     evictions = []
