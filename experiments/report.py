@@ -7,6 +7,8 @@ runner wrote. ``write_doc`` also redraws the plots. The sections are in sections
 
 from __future__ import annotations
 
+import os
+
 import generation
 import run
 import sections_glue as glue
@@ -98,7 +100,7 @@ def write_doc(budget: str = DOC_BUDGETS[0], plots: bool = True) -> str:
     text, figures = build_doc(budget)
     DOCS.mkdir(exist_ok=True)
     doc = doc_path(budget)
-    tmp = doc.with_name(f".{doc.name}.tmp")
+    tmp = doc.with_name(f".{doc.name}.{os.getpid()}.tmp")  # two runner processes may write at once
     tmp.write_text(text)
     tmp.replace(doc)
     if plots:

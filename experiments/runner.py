@@ -103,7 +103,7 @@ def store(kind: str, spec: dict, label: str, result: dict) -> dict:
     path = result_path(kind, spec, label)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"label": label, "key": spec_key(spec), "spec": spec, "result": result}
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two runner processes may write at once
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
     return record
