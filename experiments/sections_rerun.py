@@ -43,7 +43,7 @@ def section(d: Doc) -> None:
           "with it, everything else unchanged: full FT, top-k, LN-only and head-only are the same runs as above, and "
           "every method gets the same lr and epoch choices. Scores x 100 as in the tables above; "
           f"\"{NOT_RUN}\" marks runs the runner has not reached (`python experiments/run.py --only table2-r2 --only "
-          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --jobs 2` continues them).", "")
+          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --only size-lr --jobs 2` continues them).", "")
     table2(d)
     adapterhub(d)
     table1(d)
