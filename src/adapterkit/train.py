@@ -128,8 +128,11 @@ class TrainConfig(MethodConfig):
     def body_lr(self, hidden_size: int | None) -> float:
         """The lr of everything that trains but the task head: ``lr``, times ``lr_reference_size`` / m for
         adapters of width m (on a model of ``hidden_size``)."""
-        if self.lr_reference_size is None or hidden_size is None:
+        if self.lr_reference_size is None:
             return self.learning_rate
+        if self.adapter.size is None and hidden_size is None:
+            raise ValueError("--lr-reference-size needs the adapter's width, and this model's config names no hidden "
+                             "size; give --adapter-size")
         return self.learning_rate * self.lr_reference_size / self.adapter.bottleneck_size(hidden_size)
 
     def head_lr_for(self, kind: str) -> float:
