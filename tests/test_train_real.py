@@ -49,6 +49,9 @@ def test_demo_command_prints_the_table(tmp_path):
     table = result.stdout
     for word in ("head", "adapter", "full", "trained %", "val accuracy"):
         assert word in table
+    # the defaults the adapter trained with, as saved: adapter-bert's site and activation, the head's own lr
+    assert "size 64 (houlsby), gelu_new, init std 0.001, after dropout of each sublayer" in table
+    assert "lr 0.001, new head at lr 0.03" in table
     again = runner.invoke(app, ["demo", "--output", str(tmp_path / "demo"), "--max-train", "64",
                                 "--max-validation", "64", "--epochs", "1", "--quiet"])
     assert again.exit_code == 0 and "training" not in again.stderr  # finished runs are reused
