@@ -258,6 +258,7 @@ def test_cli_export_with_changed_layer_norms_needs_the_flag_and_reports_the_cost
                                                            "label_names": ["a", "b"]})
     r = _cli("convert", "--to", "adapterhub", "--adapter", tmp_path / "ak", "--output", tmp_path / "hub")
     assert r.exit_code == 1 and "--drop-layer-norms" in r.output and not (tmp_path / "hub").exists()
+    assert f"{tmp_path / 'ak'} has its own layer norms" in r.output  # named by the directory the user gave
     r = _cli("convert", "--to", "adapterhub", "--adapter", tmp_path / "ak", "--output", tmp_path / "hub", "--drop-layer-norms")
     assert r.exit_code == 0, r.output
     assert "dropped the adapter's layer norms: logits change by up to" in r.output

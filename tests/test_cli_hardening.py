@@ -270,3 +270,46 @@ def test_train_file_with_a_named_task_is_one_clear_error(tiny, tmp_path):
     out = tmp_path / "o"
     args = ["train", "--model", tiny["bert"], "--task", "rotten_tomatoes", "--output", str(out), *tiny["data_args"]]
     one_error_line(runner.invoke(app, args), "rotten_tomatoes", "--train-file", "--task local")
+
+
+# ---- the adapter path, and what eval needs to know ---------------------------------------------------------
+def test_a_missing_adapter_path_and_a_run_directory_are_named(trained, tmp_path):
+    for command in (["info", str(tmp_path / "nope")], ["predict", "--adapter", str(tmp_path / "nope"), "x"],
+                    ["eval", "--adapter", str(tmp_path / "nope")]):
+        one_error_line(runner.invoke(app, command), "does not exist")
+    one_error_line(runner.invoke(app, ["predict", "--adapter", str(trained), "x"]),
+                   "is a training run, not its adapter", str(trained / "adapter"))
+
+
+def test_eval_of_an_adapter_with_no_recorded_task_asks_for_one(tiny, trained, tmp_path):
+    """An adapter without a recorded task (one converted from AdapterHub, say) is not scored on a guessed task."""
+    import adapterkit as ak
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny["bert"], num_labels=2)
+    name = ak.load_adapter(model, str(trained / "adapter"))
+    bare = tmp_path / "bare"
+    ak.save_adapter(model, name, bare)  # no extra: no task, seed or data recorded
+    one_error_line(runner.invoke(app, ["eval", "--adapter", str(bare), "--model", tiny["bert"]]),
+                   "records no task", "--task")
+    given = runner.invoke(app, ["eval", "--adapter", str(bare), "--model", tiny["bert"], "--threads", "1",
+                                *tiny["data_args"]])  # your own files: task local
+    assert given.exit_code == 0, given.output
+    assert "local: 8 validation examples" in given.stdout
+
+
+@pytest.mark.parametrize("option", ["--lrs", "--sizes", "--epochs"])
+def test_sweep_names_the_option_that_is_not_a_number_list(tmp_path, option):
+    result = runner.invoke(app, ["sweep", "--output", str(tmp_path / "s"), option, "abc"])
+    one_error_line(result, f"{option} expects comma-separated numbers", "'abc'")
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_lm_task_on_an_encoder_is_refused(tiny, tmp_path):
+    """transformers would put an untrained LM head on BERT and train it: refused, naming the fix."""
+    text = tmp_path / "docs.txt"
+    text.write_text("\n".join(f"line {i} of some plain text to model" for i in range(12)) + "\n")
+    result = runner.invoke(app, ["train", "--model", tiny["bert"], "--task", "lm", "--train-file", str(text),
+                                 "--output", str(tmp_path / "lm"), "--quiet"])
+    one_error_line(result, "is not a causal LM", "--model smollm2")
+    assert not (tmp_path / "lm").exists()

@@ -240,8 +240,12 @@ RAW = {
     "1e999": ("/v1/predict", b'{"task": 1e999, "inputs": ["a"]}', J, 422),
     "not JSON": ("/v1/predict", b"task=sentiment&inputs=a", J, 422),
     "not UTF-8": ("/v1/predict", b'{"task": "\xff\xfe", "inputs": ["a"]}', J, 422),
-    "text/plain": ("/v1/predict", b'{"task": "sentiment", "inputs": ["a"]}', {"content-type": "text/plain"}, 422),
-    "no content-type": ("/v1/predict", b'{"task": "sentiment", "inputs": ["a"]}', {}, 422),
+    "text/plain": ("/v1/predict", b'{"task": "sentiment", "inputs": ["a"]}', {"content-type": "text/plain"}, 415),
+    "no content-type": ("/v1/predict", b'{"task": "sentiment", "inputs": ["a"]}', {}, 415),
+    "curl -d's form": ("/v1/adapters", b'{"name": "x", "path": "/tmp"}',
+                       {"content-type": "application/x-www-form-urlencoded"}, 415),
+    "json with charset": ("/v1/predict", b'{"task": "nope", "inputs": ["a"]}',
+                          {"content-type": "application/json; charset=utf-8"}, 404),
     "deep nesting": ("/v1/predict", DEEP.encode(), J, 422),
     "deep inputs": ("/v1/predict", ('{"task": "sentiment", "inputs": ' + DEEP + "}").encode(), J, 422),
     "an array": ("/v1/adapters", b'[1, 2]', J, 422),
@@ -263,6 +267,8 @@ def test_client_input_never_gives_a_500(world):
         assert r.json()["detail"][0]["type"] == "json_invalid" and "NaN" in r.json()["detail"][0]["msg"]
         r = c.post("/v1/predict", content=RAW["surrogate in inputs"][1], headers=J)
         assert r.json()["detail"][0]["loc"] == ["body", "inputs", 0] and "surrogate" in r.json()["detail"][0]["msg"]
+        r = c.post("/v1/predict", content=b'{"task": "sentiment", "inputs": ["a"]}', headers={"content-type": "text/plain"})
+        assert "content-type: application/json" in r.json()["detail"] and "'text/plain'" in r.json()["detail"]
         assert c.delete("/v1/adapters/%ED%A0%80").status_code == 404
         assert c.request("FROB", "/v1/predict").status_code == 405
         r = c.post("/v1/predict", json={"task": "sentiment", "inputs": ["still fine"]})

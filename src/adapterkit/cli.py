@@ -218,6 +218,7 @@ def eval_(
     model: Annotated[Optional[str], typer.Option(help="base model (default: the one recorded)")] = None,
     task: Annotated[Optional[str], typer.Option(help="task (default: the one recorded)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object")] = False,
+    threads: Threads = None,
     data_dir: DataDir = None, train_file: TrainFile = None, validation_file: ValidationFile = None,
     text_column: TextColumn = None, text_pair_column: PairColumn = None, label_column: LabelColumn = None,
     problem_type: ProblemType = None,
@@ -227,8 +228,11 @@ def eval_(
     from .data import load_task
     from .evaluation import build_features, check_task_fits, evaluate, load_trained
 
+    _set_threads(threads)
     _, meta = _methods.read_result_meta(adapter)
-    task = task or meta.get("task") or "rotten_tomatoes"
+    task = task or meta.get("task") or ("local" if train_file or validation_file else None)
+    if task is None:  # e.g. an adapter converted from AdapterHub: guessing a task would score it on the wrong data
+        raise ValueError(f"{adapter} records no task it was trained on; give --task (or --validation-file)")
     data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
                          problem_type, task)
     if task == meta.get("task") and not any(v is not None for v in (data_dir, train_file, validation_file)):
@@ -263,11 +267,14 @@ def predict(
     batch_size: Annotated[Optional[int], typer.Option(help="--input-file: rows per batch (default: the recorded eval batch size)")] = None,
     resume: Annotated[bool, typer.Option(help="--input-file: continue an interrupted run after its last complete line")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    threads: Threads = None,
     text_column: TextColumn = None, text_pair_column: PairColumn = None,
 ):
     """Predict with a trained adapter: the label and scores (or score, answer, or generated text); with
     --input-file, one JSON line per row of a file (batched, resumable; --onnx runs an ONNX export instead)."""
     from .evaluation import load_trained, predict as run
+
+    _set_threads(threads)
 
     if input_file is not None or output is not None:
         from .batch_predict import predict_file
@@ -327,11 +334,11 @@ def export(
 
 
 # ---- sweep / demo ---------------------------------------------------------------------------------------
-def _floats(text: str) -> list[float]:
+def _floats(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"{option} expects comma-separated numbers such as 1e-4,1e-3, got {text!r}") from None
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -382,8 +389,8 @@ def sweep(
         typer.echo(f"{name}: val {_main_name(metrics['metric'])} {metrics['best']['main']:.4f}"
                    f"{' (done before)' if cached else ''}")
 
-    summary = run(base, output, _floats(lrs), [int(s) for s in _floats(sizes)], [int(e) for e in _floats(epochs)],
-                  on_run=report)
+    summary = run(base, output, _floats(lrs, "--lrs"), [int(s) for s in _floats(sizes, "--sizes")],
+                  [int(e) for e in _floats(epochs, "--epochs")], on_run=report)
     typer.echo(f"best: {summary['best']['name']} ({summary['metric']} {summary['best']['best']['main']:.4f}); "
                f"wrote {output}/sweep.md and {output}/sweep.json")
 
@@ -426,10 +433,11 @@ def demo(
             recipe = (f"adapters: size {saved['size']} ({saved['placement']}), {saved['activation']}, init std "
                       f"{saved['init_std']:g}, {saved['site'].replace('_', ' ')} of each sublayer; lr "
                       f"{metrics['lr']:g}, new head at lr {metrics['head_lr']:g}")
-        rows.append([method, f"{metrics['trainable_params']:,}", f"{metrics['trainable_pct']:.2f}%",
+        pct = metrics["trainable_pct"]
+        rows.append([method, f"{metrics['trainable_params']:,}", f"{pct:.2f}%" if pct >= 0.1 else f"{pct:.3f}%",
                      f"{metrics['best']['accuracy']:.4f}", f"{metrics['train_seconds']:.0f} s"])
     typer.echo(f"\nrotten_tomatoes, minilm (all-MiniLM-L6-v2), {max_train} train / {max_validation} validation "
-               f"examples, {epochs} epochs, max length {max_length}")
+               f"examples, {epochs} epoch{'s' if epochs != 1 else ''}, max length {max_length}")
     typer.echo(table(rows, ["method", "trained params", "trained %", "val accuracy", "train time"]))
     typer.echo(recipe)
     typer.echo(f"total {time.perf_counter() - started:.0f} s; runs in {output}/")

@@ -354,6 +354,10 @@ def read_result_meta(directory: str | Path) -> tuple[str, dict]:
         except RecursionError:
             meta = None
         return ("lora" if lora else "model"), check_run_meta(meta, str(path))
+    if not directory.exists():
+        raise ak.AdapterLoadError(f"{directory} does not exist; pass the adapter/ folder of a training run")
+    if (directory / "adapter").is_dir():  # the run directory itself
+        raise ak.AdapterLoadError(f"{directory} is a training run, not its adapter; pass {directory / 'adapter'}")
     raise ak.AdapterLoadError(f"{directory} is neither an adapter or fusion directory nor a model saved by "
                               "'adapterkit train'; pass the adapter/ folder of a training run")
 

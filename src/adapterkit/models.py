@@ -183,6 +183,12 @@ def _hub_local_only(name: str) -> bool:
     return False
 
 
+def is_causal_lm(config) -> bool:
+    """Whether a transformers config describes a decoder LM (``*ForCausalLM``, ``*LMHeadModel``, or a decoder)."""
+    return bool(getattr(config, "is_decoder", False)) or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in getattr(config, "architectures", None) or [])
+
+
 def load_model(name: str = "minilm", kind: str = "classification", num_labels: int | None = None,
                labels: list[str] | None = None, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for ``kind``: classification / regression (AutoModelForSequenceClassification),
@@ -222,6 +228,10 @@ def load_model(name: str = "minilm", kind: str = "classification", num_labels: i
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {name!r} as {kind}: {first}; give one of {', '.join(MODELS)}, "
                          "a local model directory, or a hub id (online)") from None
+    if kind == "lm" and not is_causal_lm(model.config):  # transformers would bolt an untrained LM head on
+        raise ModelError(f"model {name!r} ({', '.join(model.config.architectures or [model.config.model_type])}) is "
+                         "not a causal LM; the lm and generative tasks need one: --model smollm2 or a *ForCausalLM "
+                         "model")
     if tokenizer.pad_token is None:  # decoder-only models (SmolLM2, GPT-2) ship without one
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:

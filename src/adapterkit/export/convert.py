@@ -88,7 +88,12 @@ def to_adapterhub(adapter: str, output: str, model_name: str | None = None, drop
     model = trained.model
     recorded = model_name or trained.meta.get("model") or "minilm"
     lines = []
-    if layer_norm_differences(model, ADAPTER_NAME) > 0 and drop_layer_norms:
+    norms = layer_norm_differences(model, ADAPTER_NAME)
+    if norms > 0 and not drop_layer_norms:  # named by its directory: the name inside is adapterkit's own ("task")
+        raise ValueError(f"{adapter} has its own layer norms (max |difference| from the model's {norms:.3g}), as "
+                         "adapterkit trains them by default; AdapterHub has none: add --drop-layer-norms to export "
+                         "without them (the logit change it costs is printed)")
+    if norms > 0:
         change, flips = layer_norm_cost(model, ADAPTER_NAME, trained.tokenizer)
         lines.append(f"dropped the adapter's layer norms: logits change by up to {change:.4g} (max abs over "
                      f"{len(PROBE_TEXTS)} sample sentences; the top class changed on {flips} of them)")

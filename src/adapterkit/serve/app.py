@@ -57,6 +57,15 @@ def error(status: int, message: str, headers: dict | None = None, loc: list | No
     return SafeJSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+def json_content_type(value: str | None) -> bool:
+    """Whether a request's content-type lets FastAPI read its body as JSON: application/json or any
+    application/*+json, parameters such as charset allowed (no content-type: not JSON, as FastAPI has it)."""
+    if value is None:
+        return False
+    kind = value.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 def _not_json(name: str):
     raise ValueError(f"{name} is not a JSON value")
 
@@ -198,6 +207,10 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
                 else:
                     response = error(405, f"{safe(request.method, 20)} is not allowed on {template}; "
                                      f"allowed: {allow['Allow']}", allow)
+            elif request.method == "POST" and not json_content_type(request.headers.get("content-type")):
+                # FastAPI would hand a form-encoded body (curl -d's default) to the schema as bytes: a puzzling 422
+                response = error(415, f"the body must be JSON, sent as 'content-type: application/json' (curl: -H "
+                                      f"'content-type: application/json'), not {safe(request.headers.get('content-type', 'none'), 100)!r}")
             else:
                 response = await call_next(request)
         except Exception:  # noqa: BLE001 - never take the server down
@@ -208,7 +221,7 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
         return response
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              responses=errors(400, 404, 413, 422, 503, e400="the body cannot be parsed",
+              responses=errors(400, 404, 413, 415, 422, 503, e400="the body cannot be parsed",
                                e413=f"more than {settings.max_inputs} inputs, or a body over "
                                     f"{settings.max_body_bytes} bytes"))
     async def predict(body: PredictRequest):
@@ -311,7 +324,7 @@ def create_app(model, tokenizer, adapters: dict[str, str] | Sequence[str] | None
             raise Forbidden("the server runs with --read-only: adapters cannot be loaded or unloaded")
 
     @app.post("/v1/adapters", status_code=201, response_model=AdapterInfo,
-              responses=errors(400, 403, 409, 413, 422, 503, e503="too many adapter loads in progress, or "
+              responses=errors(400, 403, 409, 413, 415, 422, 503, e503="too many adapter loads in progress, or "
                                "shutting down; retry after Retry-After seconds"))
     async def adapters_load(body: LoadRequest):
         check_writable()

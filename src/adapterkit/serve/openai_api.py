@@ -188,7 +188,7 @@ def add_generation_routes(app, engine, tokenizer, settings, model_name: str, mod
     async def invalid(request: Request, e: Invalid):
         return error(422, str(e), loc=e.loc)
 
-    common = errors(404, 413, 422, 503, e404="no LM adapter or base model of that name")
+    common = errors(404, 413, 415, 422, 503, e404="no LM adapter or base model of that name")
 
     @app.get("/v1/models")
     async def models():
@@ -231,15 +231,19 @@ def add_generation_routes(app, engine, tokenizer, settings, model_name: str, mod
 def serving_kind(name: str) -> str:
     """The model kind ``adapterkit serve`` loads ``name`` as: "lm" when its config names a causal-LM
     architecture (``*ForCausalLM``, ``*LMHeadModel``), else "classification"."""
+    from pathlib import Path
+
     from transformers import AutoConfig
 
-    from ..models import resolve_model
+    from ..models import _hub_local_only, is_causal_lm, resolve_model
 
+    path = resolve_model(name)
+    local_only = False if Path(path).exists() else _hub_local_only(path)  # a bad hub id: ModelError at once
     try:
-        architectures = AutoConfig.from_pretrained(resolve_model(name)).architectures or []
+        config = AutoConfig.from_pretrained(path, local_files_only=local_only)
     except (OSError, ValueError):
         return "classification"  # load_model reports what is wrong with it
-    return "lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "classification"
+    return "lm" if is_causal_lm(config) else "classification"
 
 
 def _failure(row: Row):

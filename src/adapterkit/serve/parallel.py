@@ -53,7 +53,7 @@ def add_parallel_route(app, engine, settings, tokenize_async, error) -> None:
     Request = parallel_request(settings.max_inputs, settings.max_chars)  # noqa: N806 - a model class
 
     @app.post("/v1/predict/parallel", response_model=ParallelResponse, response_model_exclude_none=True,
-              responses=errors(400, 404, 413, 422, 503, e413=f"more than {MAX_TASKS} tasks or "
+              responses=errors(400, 404, 413, 415, 422, 503, e413=f"more than {MAX_TASKS} tasks or "
                                f"{settings.max_inputs} inputs, or a body over {settings.max_body_bytes} bytes"))
     async def predict_parallel_route(body: Request):
         started = time.perf_counter()

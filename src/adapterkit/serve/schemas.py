@@ -108,6 +108,7 @@ def errors(*codes: int, **descriptions: str) -> dict[int, dict[str, Any]]:
             403: "read-only, or the directory is outside the adapter roots", 404: "no such adapter",
             405: "method not allowed (the Allow header lists the allowed ones)", 409: "name in use",
             413: "body or input count over the server's limits",
+            415: "the body is not sent as JSON (content-type: application/json)",
             422: "malformed request (the detail names the field), a text too long, or an adapter that "
                  "produced non-finite scores for these inputs",
             503: "queue full, deadline passed, or shutting down; retry after Retry-After seconds"}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..models import MODELS
 from .settings import ServeError, ServeSettings
 
 HOT_LOADING = ("Hot loading (POST /v1/adapters) accepts any directory on the server unless --adapter-root or "
@@ -70,6 +71,16 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; give 0-65535 (0 picks a free one)")
+    return port
+
+
 def _memory(text: str) -> int:
     from .residency import parse_bytes
 
@@ -84,11 +95,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 f"over HTTP, with mixed-task dynamic batching; on a causal LM, OpenAI-style generation with LM adapters "
                                 "(/v1/completions, /v1/chat/completions). {HOT_LOADING}")
     # Every dest is a parameter of serve(), which gets them all by name.
-    p.add_argument("--model", default="minilm", help="model alias (minilm, mpnet) or a local model directory")
+    p.add_argument("--model", default="minilm", help=f"model alias ({', '.join(MODELS)}), a local model directory "
+                   "or a hub id")
     p.add_argument("--adapter", dest="adapters", action="append", default=[], metavar="NAME=DIR",
                    help="adapter directory to serve as task NAME (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on stdout)")
+    p.add_argument("--port", type=_port, default=8000, help="0 picks a free port (printed on stdout)")
     d = ServeSettings()
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="rows per forward pass")
     p.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
@@ -140,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError("--replicas needs --ray (one process serves without it)")
         else:
             serve(**options)
+    except ModuleNotFoundError as e:  # fastapi / uvicorn / httpx: an optional extra
+        hint = "adapterkit[ray]" if ray else "adapterkit[serve]"
+        print(f"adapterkit serve: error: {e}; install the server's dependencies: pip install '{hint}'", file=sys.stderr)
+        raise SystemExit(2) from None
     except (ValueError, OSError, ServeError, ImportError) as e:  # ModelError, AdapterLoadError, bad settings, port in use
         print(f"adapterkit serve: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
