@@ -431,16 +431,29 @@ def fusion(d: Doc) -> None:
           f"head at {d.B['fusion_head_lr']:g}; same data, epochs and batch size as Table 1. Scores are validation "
           "scores (x 100), so the best-of-grid choice favours every row alike.", "",
           "| task | full FT | adapter (64) | fusion of the others | fusion of all |", "|---|---|---|---|---|")
+    trained, speed = [[], [], [], []], [[], [], [], []]  # per column: trained % and train examples/s of the runs shown
     for task in d.B["fusion_tasks"]:
         specs = run.fusion_specs(d.R, task)
         recs = d.need("fusion", specs) if specs else []
-        cells = []
-        for r in (run.table1_choice(d.R, task, "full"), run.table1_choice(d.R, task, "adapter", 64)):
-            cells.append("not run yet" if r is None else fmt(score(r)))
+        shown = [run.table1_choice(d.R, task, "full"), run.table1_choice(d.R, task, "adapter", 64)]
         for own in (False, True):
             mine = [r for s, r in zip(specs, recs) if r is not None and "error" not in r["result"]
                     and (s["fuse_from"][-1]["task"] == task) == own]
-            best = run.best_of(mine) if mine else None
-            cells.append("not run yet" if best is None else f"{fmt(score(best))} (lr {best['spec']['lr']:g})")
+            shown.append(run.best_of(mine) if mine else None)
+        cells = []
+        for column, r in enumerate(shown):
+            if r is None:
+                cells.append("not run yet")
+                continue
+            trained[column].append(r["result"]["trainable_pct"])
+            speed[column].append(r["result"]["examples_per_second"])
+            cells.append(fmt(score(r)) + (f" (lr {r['spec']['lr']:g})" if column >= 2 else ""))
         d.add(f"| {name(task)} | " + " | ".join(cells) + " |")
-    d.add("")
+    d.add("| trained per task (mean %) | " + " | ".join(f"{sum(t) / len(t):.2f}%" if t else "—" for t in trained)
+          + " |",
+          "| train examples/s (mean; indicative) | " + " | ".join(f"{sum(t) / len(t):.1f}" if t else "—" for t in speed)
+          + " |", "",
+          "A fusion trains its query, key and value (d x d each) at every site, AdapterHub's dynamic fusion: far more "
+          "than one adapter on a 384-wide model; the fused adapters are reused, not trained, but every one of them "
+          "runs forward and backward at each step. The examples/s come from runs made two at a time on a busy "
+          "machine: they are indicative only.", "")
