@@ -129,6 +129,23 @@ def test_resume_after_interruption_matches_uninterrupted(tiny, adapter_run, tmp_
     assert not (tmp_path / ".run.partial").exists()
 
 
+def test_an_interrupted_run_is_not_restarted_silently(tiny, tmp_path, monkeypatch):
+    """Rerunning without --resume keeps the finished epochs and says how to go on; --overwrite starts over."""
+    real_epoch = T._train_epoch
+    monkeypatch.setattr(T, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if a[6] == 1
+                        else real_epoch(*a, **k))
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny, tmp_path / "run", epochs=2))
+    monkeypatch.undo()
+    checkpoint = tmp_path / ".run.partial" / "checkpoint-1"
+    before = sorted(p.name for p in checkpoint.iterdir())
+    with pytest.raises(FileExistsError, match="interrupted run with epoch checkpoints.*--resume.*--overwrite"):
+        train(config(tiny, tmp_path / "run", epochs=2))
+    assert sorted(p.name for p in checkpoint.iterdir()) == before  # untouched
+    train(config(tiny, tmp_path / "run", epochs=2, overwrite=True))
+    assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / ".run.partial").exists()
+
+
 def test_resume_refuses_changed_settings(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(T, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):

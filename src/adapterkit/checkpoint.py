@@ -157,8 +157,8 @@ class Checkpoint:
             best = load_file(path / FILES[1])
         except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, TypeError, EOFError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CheckpointError(f"--resume: the checkpoint {path} cannot be read ({first}); rerun without "
-                                  "--resume to start over") from None
+            raise CheckpointError(f"--resume: the checkpoint {path} cannot be read ({first}); rerun with "
+                                  "--overwrite instead of --resume to start over") from None
         return best, state
 
     def remove(self) -> None:

@@ -306,7 +306,10 @@ def train(config: TrainConfig, accelerator=None) -> dict:
     state = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0, "examples": 0,
              "config": config.recorded()}
     best_state = trainable_state(model)
-    latest = checkpoint.latest() if config.resume else None
+    latest = checkpoint.latest() if config.resume or not config.overwrite else None
+    if latest is not None and not config.resume:  # an interrupted run's epochs are not discarded silently
+        raise FileExistsError(f"{output} has an interrupted run with epoch checkpoints ({run_dir}); pass --resume "
+                              "to continue it, or --overwrite to start over")
     if latest is not None:
         saved = latest[1]
         # A setting added after the checkpoint was written ran at its default then.
