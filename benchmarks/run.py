@@ -279,6 +279,20 @@ def compile_check(worker: Worker, model_dir: str, m: int, batch: int, seq: int, 
     return out
 
 
+def model_and_log(model: str):
+    """(local model directory, its config.json as a dict, a log function printing seconds since this call)."""
+    from adapterkit.models import resolve_model
+
+    started = time.perf_counter()
+    model_dir = resolve_model(model)
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:5.0f}s] {msg}", flush=True)
+
+    return model_dir, cfg, log
+
+
 def machine_info() -> dict:
     cpu = platform.processor()
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import RESULTS, Worker, machine_info, timed_group  # noqa: E402
+from run import RESULTS, Worker, machine_info, model_and_log, timed_group  # noqa: E402
 
 
 def configs(hidden: int) -> list[tuple[str, str, dict]]:
@@ -44,14 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
 
-    from adapterkit.models import resolve_model
-
-    model_dir = resolve_model(args.model)
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    started = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:5.0f}s] {msg}", flush=True)
+    model_dir, cfg, log = model_and_log(args.model)
 
     worker = Worker("main", sys.executable, Path(tempfile.mkdtemp(prefix="ak-floor-")))
     results = {"suite": "training_floor", "model": args.model, "threads": args.threads, "machine": machine_info(),

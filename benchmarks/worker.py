@@ -1,13 +1,13 @@
 """Benchmark worker: builds models and times them on command, one JSON object per line on stdin/stdout.
 
-The same file runs in adapterkit's venv (methods ``plain``, ``adapterkit``, ``full``, ``head``) and in the side
-venv (``plain``, ``adapterhub``, ``lora``, ``full``, ``head``), so that ``run.py`` can interleave A B A B
+The same file runs in adapterkit's venv (methods ``plain``, ``adapterkit``, ``fusion``, ``full``, ``head``) and in
+the side venv (``plain``, ``adapterhub``, ``lora``, ``full``, ``head``), so that ``run.py`` can interleave A B A B
 across two transformers versions in one run. Only one worker computes at a time: the others wait on stdin.
 
 Requests: {"cmd": "hello"} | {"cmd": "build", "key", **spec} | {"cmd": "time", "key", "n"} |
 {"cmd": "save", "key", "dir"} | {"cmd": "memory", **spec, "steps"} | {"cmd": "drop", "key"} | {"cmd": "quit"}.
 A spec: model_dir, method, size (bottleneck m), layers, mode ("infer" | "train"), batch, seq, bf16,
-grad_ckpt, compile, train_layer_norms, threads.
+grad_ckpt, compile, train_layer_norms, threads; fuse (fusion: how many adapters of size m it fuses).
 """
 
 from __future__ import annotations
@@ -70,6 +70,17 @@ class Bench:
             if mode == "train":
                 ak.train_adapter(model, "task")
             ak.set_active(model, "task")
+        elif method == "fusion":  # AdapterFusion over spec["fuse"] frozen adapters of size m: only the fusion layers
+            import adapterkit as ak  # and its head train (the training loop's value regulariser is left out: cheap)
+
+            names = [f"a{i}" for i in range(spec["fuse"])]
+            for name in names:
+                ak.add_adapter(model, name, ak.AdapterConfig(size=spec["size"], activation="gelu"), head=2)
+            block = ak.Fuse(*names)
+            ak.add_fusion(model, block, head=2)
+            if mode == "train":
+                ak.train_fusion(model, block)
+            ak.set_active(model, block)
         elif method == "adapterhub":
             import adapters
             from adapters import DoubleSeqBnConfig

@@ -455,5 +455,6 @@ def fusion(d: Doc) -> None:
           + " |", "",
           "A fusion trains its query, key and value (d x d each) at every site, AdapterHub's dynamic fusion: far more "
           "than one adapter on a 384-wide model; the fused adapters are reused, not trained, but every one of them "
-          "runs forward and backward at each step. The examples/s come from runs made two at a time on a busy "
-          "machine: they are indicative only.", "")
+          "runs forward and backward at each step: measured side by side, a fusion of 5 costs about 3.3x an adapter's "
+          "training step ([benchmarks.md](benchmarks.md), AdapterFusion's cost). The examples/s above come from "
+          "runs made two at a time on a busy machine: they are indicative only.", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,8 @@ def test_worker_round_trip(tiny_bert_dir, tmp_path):
         {"cmd": "memory", "method": "full", "mode": "train", "steps": 1, **spec},
         {"cmd": "build", "key": "f", "method": "frozen", "mode": "train", **spec},
         {"cmd": "time", "key": "f", "n": 1},
+        {"cmd": "build", "key": "u", "method": "fusion", "fuse": 3, "mode": "train", **spec},
+        {"cmd": "time", "key": "u", "n": 1},
         {"cmd": "quit"},
     ]
     proc = subprocess.run([sys.executable, str(BENCH / "worker.py")], input="".join(json.dumps(r) + "\n" for r in reqs),
@@ -132,6 +135,17 @@ def test_worker_round_trip(tiny_bert_dir, tmp_path):
     assert out[6]["saved_bytes"] > 0 and "GeluBackward0.self" in out[6]["saved_by_node"]
     # the frozen-backbone floor trains the layers' norms (2 per layer, weight + bias) and the classifier only
     assert out[7]["params_trainable"] == 2 * 2 * 2 * 32 + (32 * 2 + 2)
+    # a fusion trains exactly the tensors add_fusion plans (its layers and head), not the adapters it fuses
+    import adapterkit as ak
+    from adapterkit.fusion import planned_fusion_tensors
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+    for name in ("a0", "a1", "a2"):
+        ak.add_adapter(model, name, ak.AdapterConfig(size=4), head=2)
+    planned = planned_fusion_tensors(model, ak.Fuse("a0", "a1", "a2"), head=2)
+    assert out[9]["params_trainable"] == sum(math.prod(shape) for shape in planned.values()) > 0
+    assert len(out[10]["times"]) == 1
 
 
 def test_onnx_runtime_section_renders_the_committed_results_into_the_doc():
@@ -158,3 +172,14 @@ def test_generation_sections_render_the_committed_results_into_the_doc():
     load = json.loads((BENCH / "results" / "serve_generation_load.json").read_text())
     assert _load("serve_generation_load").render(load) in doc
     assert load["server"]["failed"] == 0 and load["server_exit_ok"] and load["server"]["requests"] > 0
+
+
+def test_fusion_step_section_renders_the_committed_results_into_the_doc():
+    """docs/benchmarks.md carries benchmarks/fusion_step.py's tables as its render gives them from the committed
+    JSON, and the fused rows train only the fusion layers and head (the same count for any number fused)."""
+    res = json.loads((BENCH / "results" / "fusion_step-quick.json").read_text())
+    fusion_step = _load("fusion_step")
+    assert fusion_step.render(res).strip() in (BENCH.parent / "docs" / "benchmarks.md").read_text()
+    train = next(g for g in res["groups"] if g["kind"] == "train")
+    fused = {r["params_trainable"] for r in train["rows"] if r["label"].startswith("fusion of")}
+    assert len(fused) == 1 and fused.pop() > next(r for r in train["rows"] if r["label"] == fusion_step.ADAPTER)["params_trainable"]
