@@ -140,7 +140,11 @@ def test_checkpoints_of_earlier_versions_resume(tiny, reference, one_epoch_parti
 def test_an_unreadable_checkpoint_is_one_clear_error(tiny, one_epoch_partial):
     weights = one_epoch_partial / "checkpoint-1" / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])
-    with pytest.raises(CheckpointError, match=r"checkpoint-1 cannot be read .*rerun without --resume"):
+    with pytest.raises(CheckpointError, match=r"checkpoint-1 cannot be read .*rerun with --overwrite instead of --resume"):
         one_thread_train(config(tiny, one_epoch_partial.parent / "run", resume=True))
     assert weights.is_file()  # left for the user to inspect; nothing else written
     assert not (one_epoch_partial.parent / "run").exists()
+    with pytest.raises(FileExistsError, match="--overwrite"):  # without --resume: the epochs are not dropped silently
+        one_thread_train(config(tiny, one_epoch_partial.parent / "run"))
+    one_thread_train(config(tiny, one_epoch_partial.parent / "run", overwrite=True))  # the fix the error names
+    assert (one_epoch_partial.parent / "run" / "metrics.json").is_file()
