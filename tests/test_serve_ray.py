@@ -137,12 +137,13 @@ def test_ray_lru_drop_unloads_through_the_residency(world):
     for task in TASKS:  # every replica sees more than MAX_LOADED adapters over the module
         assert predict(client, task, ["y"]).status_code == 200
     seen: dict[str, dict] = {}
-    for _ in range(30):
+    for _ in range(120):  # Ray drops a multiplexed model asynchronously: a replica may hold one more for a moment
         r = client.get("/v1/adapters")
         assert r.status_code == 200
         seen[r.headers[REPLICA_HEADER]] = r.json()["store"]
-        if len(seen) == 2:
+        if len(seen) == 2 and all(len(store["resident"]) <= MAX_LOADED for store in seen.values()):
             break
+        time.sleep(0.1)
     for store in seen.values():
         assert store["known"] == sorted(TASKS + [FUSION])
         # The replica's Residency alone would keep 2 * MAX_LOADED (its backstop): only Ray's drops hold it here.
