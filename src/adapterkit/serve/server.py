@@ -152,9 +152,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError("--replicas needs --ray (one process serves without it)")
         else:
             serve(**options)
-    except ModuleNotFoundError as e:  # fastapi / uvicorn / httpx: an optional extra
-        hint = "adapterkit[ray]" if ray else "adapterkit[serve]"
-        print(f"adapterkit serve: error: {e}; install the server's dependencies: pip install '{hint}'", file=sys.stderr)
+    except ModuleNotFoundError as e:
+        extra = e.name in ("fastapi", "uvicorn", "httpx", "starlette") or (e.name or "").startswith("ray")
+        hint = f"; install the server's dependencies: pip install '{'adapterkit[ray]' if ray else 'adapterkit[serve]'}'"
+        print(f"adapterkit serve: error: {e}{hint if extra else ''}", file=sys.stderr)
         raise SystemExit(2) from None
     except (ValueError, OSError, ServeError, ImportError) as e:  # ModelError, AdapterLoadError, bad settings, port in use
         print(f"adapterkit serve: error: {e}", file=sys.stderr)
