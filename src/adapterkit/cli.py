@@ -230,9 +230,10 @@ def eval_(
 
     _set_threads(threads)
     _, meta = _methods.read_result_meta(adapter)
-    task = task or meta.get("task") or ("local" if train_file or validation_file else None)
-    if task is None:  # e.g. an adapter converted from AdapterHub: guessing a task would score it on the wrong data
+    task = task or meta.get("task")
+    if task is None and not (train_file or validation_file):  # e.g. converted from AdapterHub: never guess a task
         raise ValueError(f"{adapter} records no task it was trained on; give --task (or --validation-file)")
+    task = _default_task(task, train_file, validation_file)  # your own files: task local
     data = _data_options(data_dir, train_file, validation_file, text_column, text_pair_column, label_column,
                          problem_type, task)
     if task == meta.get("task") and not any(v is not None for v in (data_dir, train_file, validation_file)):
