@@ -132,6 +132,10 @@ def test_trec_gen_is_trec_with_label_words():
         assert g["answer"] == word and g["references"] == [word] and b["text"].strip() in g["prompt"]
 
 
+SQUAD_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad" / "dev-v1.1.json"
+
+
+@pytest.mark.skipif(not SQUAD_DEV.is_file(), reason="no SQuAD dev file")  # as tests/test_data.py's SQuAD tests
 def test_squad_gen_caps_the_paragraphs_and_keeps_every_gold_answer():
     gen, base = load_task("squad-gen"), load_task("squad")
     assert gen.kind == "generation" and gen.metric == "squad"
