@@ -13,9 +13,11 @@ import httpx
 import pytest
 import torch
 from gen_helpers import add_lm_adapters, reference, tiny_llama, tiny_tokenizer
+from transformers import LlamaForCausalLM
 
 import adapterkit as ak
 from adapterkit.serve import ServeSettings, create_app
+from adapterkit.models import load_model
 from adapterkit.serve.openai_api import GenerationLimits
 
 openai = pytest.importorskip("openai")
@@ -191,12 +193,10 @@ def test_the_cli_server_loads_a_causal_lm_for_generation(world, tmp_path):
     """``adapterkit serve --model DIR`` on a *ForCausalLM directory: LM adapters, OpenAI routes."""
     from serve_helpers import Server
 
-    from adapterkit.serve.openai_api import serving_kind
-
     model_dir = tmp_path / "tiny-llama"
     tiny_llama(world["tok"], dtype=torch.float32).save_pretrained(model_dir)
     world["tok"].save_pretrained(model_dir)
-    assert serving_kind(str(model_dir)) == "lm"
+    assert isinstance(load_model(str(model_dir), kind="auto")[0], LlamaForCausalLM)
     server = Server(["--model", str(model_dir), "--adapter", f"a={world['dirs']['a']}", "--max-tokens", "8",
                      "--threads", "1", "--log-level", "warning"], tmp_path / "server.log")
     try:

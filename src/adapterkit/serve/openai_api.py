@@ -228,24 +228,6 @@ def add_generation_routes(app, engine, tokenizer, settings, model_name: str, mod
     return loop_
 
 
-def serving_kind(name: str) -> str:
-    """The model kind ``adapterkit serve`` loads ``name`` as: "lm" when its config names a causal-LM
-    architecture (``*ForCausalLM``, ``*LMHeadModel``), else "classification"."""
-    from pathlib import Path
-
-    from transformers import AutoConfig
-
-    from ..models import _hub_local_only, is_causal_lm, resolve_model
-
-    path = resolve_model(name)
-    local_only = False if Path(path).exists() else _hub_local_only(path)  # a bad hub id: ModelError at once
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=local_only)
-    except (OSError, ValueError):
-        return "classification"  # load_model reports what is wrong with it
-    return "lm" if is_causal_lm(config) else "classification"
-
-
 def _failure(row: Row):
     """The ServeError to answer for a row that ended in error (None if it did not)."""
     if row.finish_reason != "error":
@@ -263,4 +245,4 @@ def _choice(i: int, row: Row, chat: bool) -> dict:
     return {"index": i, "text": row.text, "finish_reason": reason, "logprobs": None}
 
 
-__all__ = ["GenerationLimits", "Invalid", "add_generation_routes", "serving_kind"]
+__all__ = ["GenerationLimits", "Invalid", "add_generation_routes"]

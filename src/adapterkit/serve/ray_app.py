@@ -108,11 +108,10 @@ class AdapterReplica:
 
         from ..models import load_model
         from .app import create_app
-        from .openai_api import serving_kind
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        net, tokenizer = load_model(spec.model, kind=serving_kind(spec.model))
+        net, tokenizer = load_model(spec.model, kind="auto")
         backstop = None if spec.max_loaded is None else 2 * spec.max_loaded  # Ray's LRU bounds at max_loaded
         self.app = create_app(net, tokenizer, spec.adapters, spec.settings, model_name=spec.model,
                               store=spec.store, max_loaded=backstop, max_memory=spec.max_memory)

@@ -51,10 +51,10 @@ def serve(model: str = "minilm", adapters: Sequence[str] | dict[str, str] = (), 
                              max_inputs=max_inputs, max_length=max_length, max_chars=max_chars,
                              max_body_bytes=max_body_bytes, request_timeout_s=request_timeout,
                              tokenize_threads=tokenize_threads, read_only=read_only, adapter_roots=adapter_root or ())
-    from .openai_api import GenerationLimits, serving_kind
+    from .openai_api import GenerationLimits
 
     generation = GenerationLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens)
-    net, tokenizer = load_model(model, kind=serving_kind(model))
+    net, tokenizer = load_model(model, kind="auto")  # a causal LM serves generation
     app = create_app(net, tokenizer, adapters, settings, model_name=model, generation=generation,
                      store=adapter_store, max_loaded=max_loaded, max_memory=max_adapter_memory)
 
