@@ -58,12 +58,13 @@ def draw(plots: dict) -> None:
         if kind == "figure3":
             title, points = data
             fig, ax = plt.subplots(figsize=(6, 4))
-            styles = {"adapter": ("o-", "adapters (m = 1..256)"), "top-k": ("s-", "top-k fine-tuning"),
+            styles = {"adapter": ("o-", "adapters (m = 1..256), recipe 1"),
+                      "adapter-r2": ("o--", "adapters (m = 1..256), default recipe (2)"), "top-k": ("s-", "top-k fine-tuning"),
                       "full": ("*", "full FT"), "ln": ("^", "LN-only"), "head": ("v", "head-only")}
-            for m, (style, label) in styles.items():
+            for i, (m, (style, label)) in enumerate(styles.items()):  # a method keeps its colour on every page
                 pts = sorted((n, s) for mm, _, n, _, s in points if mm == m and s is not None)
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, markersize=8)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, markersize=8, color=f"C{i}")
             for m, lab, n, _, s in points:
                 if m == "adapter":
                     ax.annotate(lab.split("=")[1], (n, s), textcoords="offset points", xytext=(4, -10), fontsize=7)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import run
 import rerun
-from doc import Doc, fmt, mean, name, score
+from doc import Doc, fmt, mean, name, plot_name, score
 
 NOT_RUN = "not yet run"
 #: A run "collapses" when it scores no more than this many points above the majority class.
@@ -239,7 +239,8 @@ def mpnet(d: Doc) -> None:
 
 def figure3(d: Doc) -> None:
     d.add("### Figure 3", "",
-          "The Figure-3 runs with recipe-2 adapters; the other methods are the same runs in both columns.", "")
+          "The Figure-3 runs with recipe-2 adapters; the other methods are the same runs in both columns. The "
+          "Figure-3 plots above draw both recipes' adapters (recipe 2 dashed).", "")
     for task in d.B["fig3_tasks"]:
         old = run.fig3_specs(d.R, task)
         new = rerun.fig3_r2_specs(d.R, task)
@@ -251,6 +252,11 @@ def figure3(d: Doc) -> None:
             r = r2 or r1
             pct = f"{r['result']['trainable_pct']:.3f}%" if r and "error" not in r["result"] else ""
             d.add(f"| {label} | {pct} | {cell(r1)} | {cell(r2)} |")
+            if spec["method"] == "adapter" and r2 is not None and "error" not in r2["result"]:  # its own plot line
+                plot = d.plots.get(plot_name(d.budget, f"figure3-{task.replace('/', '-')}"))
+                if plot:
+                    plot[1][1].append(("adapter-r2", label, r2["result"]["trainable_params"],
+                                       r2["result"]["trainable_pct"], score(r2)))
         d.add("")
 
 
