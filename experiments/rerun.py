@@ -14,7 +14,8 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
                 {epochs, long_epochs} for every method: each method's 3-epoch choice trained again for long_epochs
     mpnet-r2    all-mpnet-base-v2 on RTE, MRPC, STS-B, CoLA: full FT and size-64 adapters at MiniLM's choices
     figure3-r2  Figure 3's adapter sizes
-    squad-r2    SQuAD's adapter sizes (the span head at the adapters' lr: recipe 2's default for QA)
+    squad-r2    SQuAD's adapter sizes (the span head at the adapters' lr: recipe 2's default for QA), and the
+                recipe experiment's size-64 SQuAD variants (head lr 3e-2; lr 3e-3), so they run beside them
     size-lr     Table 1's sizes 8 and 256 with a size-dependent lr: size 64's best lr x 64 / size
                 (``--lr-reference-size 64``), beside table1-r2's sizes at size 64's lr
 
@@ -23,7 +24,7 @@ missing run at the per-epoch wall time of the fastest cached run of its task and
 thread, i.e. an unloaded machine; the recipe-2 runs cached so far took 5-15x longer, sharing the CPU with other
 work): table2-r2 1 run (BoolQ) ~0.1 CPU-hours, adapterhub 18 runs ~1.9, table1-r2 30 runs ~3.6 (21 at 3 epochs
 ~1.2, 9 at 10 epochs ~2.4; 20 epochs would be ~5.3 instead of 2.4, hence 10), mpnet-r2 8 runs ~5.7 (assuming
-8x MiniLM's time), figure3-r2 8 runs ~0.2, squad-r2 4 runs ~0.9. About 12 CPU-hours: ~6 hours with --jobs 2.
+8x MiniLM's time), figure3-r2 8 runs ~0.2, squad-r2 4 runs ~0.9 (+2 variants ~0.45). About 12 CPU-hours: ~6 hours with --jobs 2.
 """
 
 from __future__ import annotations
@@ -199,8 +200,10 @@ def squad_r2_specs(R) -> list[dict]:
 
 
 def exp_squad_r2(R) -> None:
+    import run
+
     R.log("squad-r2")
-    R.need(squad_r2_specs(R))
+    R.need(squad_r2_specs(R) + run.recipe_squad_specs(R))  # the recipe experiment's SQuAD variants beside them
 
 
 # ------------------------------------------------------------------------------------------- AdapterHub

@@ -378,6 +378,12 @@ def recipe_specs(R: Runner) -> list[dict]:
             + [recipe_spec(R, task, v) for v in rest for task in R.B["recipe_tasks"]])
 
 
+def variant_label(variant: dict) -> str:
+    """``{"head_lr": 0.03}`` -> "head lr 0.03": how the pages name a recipe variant."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                     for k, v in variant.items())
+
+
 def recipe_squad_specs(R: Runner) -> list[dict]:
     """SQuAD's size-64 adapter (squad_specs' budget) trained by recipe 2 with each ``recipe_squad_variants``."""
     adapter64 = next(s for s in squad_specs(R) if s["method"] == "adapter" and s["adapter_size"] == 64)

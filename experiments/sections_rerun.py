@@ -265,7 +265,7 @@ def squad(d: Doc) -> None:
     old, new = d.R.need(specs), d.need("squad-r2", rerun.squad_r2_specs(d.R))
     variants = run.recipe_squad_specs(d.R)
     d.add("### SQuAD", "", "Recipe 2's span head trains at the adapters' lr (QA's default); the last row is the recipe "
-          f"experiment's size-64 variant with the head at its own lr. F1 x 100.", "",
+          f"experiment's size-64 variants (the head at its own lr; the adapters at a larger lr). F1 x 100.", "",
           "| method | trained % | F1, recipe 1 | F1, recipe 2 |", "|---|---|---|---|")
     full = next(r for s, r in zip(specs, old) if s["method"] == "full")
     default64 = None
@@ -277,9 +277,9 @@ def squad(d: Doc) -> None:
             default64 = r2
         d.add(f"| {label} | {pct} | {cell(r1)} | {cell(r2 if spec['method'] == 'adapter' else r1)} |")
     others = []
-    for spec, r in zip(variants, d.need("recipe", variants)):
-        others.append(f"head lr {spec['head_lr']:g} {signed(gap(r, full))}")
-        d.add(f"| adapters m=64, head lr {spec['head_lr']:g} | | | {cell(r)} |")
+    for v, r in zip(d.B.get("recipe_squad_variants", ()), d.need("recipe", variants)):
+        others.append(f"{run.variant_label(v)} {signed(gap(r, full))}")
+        d.add(f"| adapters m=64, {run.variant_label(v)} | | | {cell(r)} |")
     g = gap(default64, full)
     d.add("", "Acceptance: size-64 adapters within 3 F1 of full FT: " + verdict(None if g is None else g >= -3)
           + ("" if g is None else f" ({fmt(score(default64))} vs {fmt(score(full))}, {g:+.1f})")

@@ -166,10 +166,11 @@ def squad(d: Doc) -> None:
     d.add(f"Budget: {S['max_train']} training questions, {S['max_validation']} evaluation questions, "
           f"{S['epochs']} epoch(s), max length {S['max_length']} (windows overlapping by {S['doc_stride']} tokens).", "",
           "| method | trained % | F1 | EM |", "|---|---|---|---|")
-    for spec, r in zip(specs, recs):
+    variants = [None] * (len(specs) - len(recipe2)) + list(d.B.get("recipe_squad_variants", ()))
+    for spec, r, variant in zip(specs, recs, variants):
         label = f"adapters m={spec['adapter_size']}" if spec["method"] == "adapter" else "full FT"
-        if spec.get("recipe", 1) >= 2:
-            label += f", recipe {spec['recipe']}" + (f", head lr {spec['head_lr']:g}" if spec.get("head_lr") else "")
+        if variant is not None:
+            label += f", recipe {spec['recipe']}, {run.variant_label(variant)}"
         if r is None:
             d.add(f"| {label} | | not run | |")
         elif "error" in r["result"]:
