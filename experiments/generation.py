@@ -31,6 +31,8 @@ def generation_specs(B: dict) -> list[dict]:
                   {**base, "method": "full", "lr": G["full_lr"]}]
         specs += [{**base, "method": "adapter", "adapter_size": s, "lr": DEFAULT_LR["adapter"]}
                   for s in G["adapter_sizes"][1:]]
+    # LoRA at other lrs last (added after the rest had run; the like-for-like rows come first)
+    specs += [{**s, "lr": lr} for lr in G.get("lora_extra_lrs", ()) for s in list(specs) if s["method"] == "lora"]
     return specs
 
 
@@ -83,7 +85,9 @@ def section(d) -> None:
           "scored by exact-match accuracy of the generated word). Greedy decoding, at most 24 (squad-gen) or 6 "
           "(trec-gen) new tokens. Adapters (Houlsby, size m) against full fine-tuning and PEFT LoRA (r=16, alpha "
           "32, q_proj/v_proj, dropout 0), all trained by the same loop at adapterkit's default lrs (adapters "
-          f"1e-3, LoRA 5e-4; full FT {G['full_lr']:g}), and the instruct model with no training.", "",
+          f"1e-3, LoRA 5e-4; full FT {G['full_lr']:g}; LoRA also at "
+          f"{', '.join(f'{lr:g}' for lr in G.get('lora_extra_lrs', ()))}, so that its row is not held back by "
+          "its lr), and the instruct model with no training.", "",
           "Budget: " + "; ".join(f"{name(t)} {G['max_train'][t]} train / {G['max_validation'][t]} validation examples"
                                  for t in G["tasks"]) + "; "
           f"{G['epochs']} epochs, batch {G['batch_size']}, max length {G['max_length']}, seed {B['seed']}.", "")
