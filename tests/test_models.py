@@ -37,3 +37,32 @@ def test_auto_kind_serves_an_encoder_as_classification_and_checks_the_hub_once(m
     monkeypatch.undo()
     model, _ = load_model("minilm", kind="auto")
     assert type(model).__name__ == "BertForSequenceClassification"
+
+
+def test_unpacking_a_model_twice_at_once_keeps_the_first_complete_copy(tmp_path, monkeypatch):
+    """Two runner processes filling the same model cache at once: the loser must not delete the copy
+    the winner is already reading (this once failed a SmolLM2 run with 'no file named model.safetensors')."""
+    from adapterkit import models
+
+    monkeypatch.setenv("ADAPTERKIT_CACHE", str(tmp_path / "packages"))
+    target = models.models_dir() / "toy"
+
+    def fill_while_another_process_wins(tmp):
+        target.mkdir(parents=True)  # the other process renames its complete copy into place meanwhile
+        (target / "config.json").write_text("{}")
+        (target / "model.safetensors").write_text("winner")
+        (tmp / "config.json").write_text("{}")
+        (tmp / "model.safetensors").write_text("loser")
+
+    assert models._unpack("toy", fill_while_another_process_wins) == target
+    assert (target / "model.safetensors").read_text() == "winner"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["toy"]  # the loser's temporary copy is gone
+
+    def fill(tmp):
+        (tmp / "config.json").write_text("{}")
+
+    leftover = models.models_dir() / "fresh"
+    leftover.mkdir()  # an incomplete leftover (no config.json) is replaced
+    (leftover / "partial.bin").write_text("x")
+    assert models._unpack("fresh", fill) == leftover
+    assert sorted(p.name for p in leftover.iterdir()) == ["config.json"]
