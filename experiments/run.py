@@ -5,6 +5,7 @@
     python experiments/run.py --budget quick        # the first, smaller protocol (docs/results-quick.md)
     python experiments/run.py --budget full         # the larger protocol (days on CPU)
     python experiments/run.py --doc-only            # rebuild docs/results*.md + plots from the JSON
+    python experiments/run.py --only squad --retry-failed   # train again runs cached as failures (kept otherwise)
     python experiments/run.py --only generation     # issue 15: adapters vs full FT vs LoRA on SmolLM2 (generation.py)
     python experiments/run.py --only table2-r2 --only adapterhub --only table1-r2 --jobs 2
                                                     # issue 12: the default recipe's rerun, AdapterHub beside it (rerun.py)
@@ -466,12 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=list(BUDGETS), default="standard")
     parser.add_argument("--jobs", type=int, default=1, help="independent runs trained at once (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="train again the runs whose cached result is a failure (they are kept otherwise)")
     parser.add_argument("--doc-only", action="store_true", help="only rebuild the docs (every budget's) and plots")
     args = parser.parse_args(argv)
 
     import report
 
-    R = Runner(args.budget, jobs=args.jobs, threads=args.threads)
+    R = Runner(args.budget, jobs=args.jobs, threads=args.threads, retry_failed=args.retry_failed)
     started = time.time()
     if not args.doc_only:
         import torch

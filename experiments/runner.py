@@ -221,10 +221,13 @@ def _worker(spec: dict, threads: int) -> dict:
 
 class Runner:
     def __init__(self, budget: str, jobs: int = 1, threads: int = 1, keep_models: bool = True, log=print,
-                 dry: bool = False):
+                 dry: bool = False, retry_failed: bool = False):
         self.budget_name, self.B = budget, BUDGETS[budget]
         self.jobs, self.threads, self.keep_models, self.log = jobs, threads, keep_models, log
         self.dry = dry  # dry: never train or compute; missing results come back as None (the doc builder)
+        # A failed run is a result (a diverging grid point fails the same way again), so it is not retrained,
+        # unless asked: a failure of the machine or of a since-fixed bug is worth another try.
+        self.retry_failed = retry_failed and not dry
         self.trained = 0  # runs actually trained by this invocation (a cached re-run trains none)
 
     def need(self, specs: list[dict]) -> list[dict]:
@@ -233,7 +236,7 @@ class Runner:
         missing = []
         for i, spec in enumerate(specs):
             cached = load_cached("train", spec, label_of(spec))
-            if cached is not None:
+            if cached is not None and not (self.retry_failed and "error" in cached["result"]):
                 records[i] = cached
             elif not any(spec == s for _, s in missing):
                 missing.append((i, spec))
@@ -259,7 +262,7 @@ class Runner:
 
     def _finish(self, spec: dict, summary: dict) -> dict:
         cached = load_cached("train", spec, label_of(spec))
-        if cached is not None:  # another runner process trained it while this one waited on its lock
+        if cached is not None and "error" not in cached["result"]:  # another runner process trained it meanwhile
             return cached
         self.trained += 1
         record = store("train", spec, label_of(spec), summary)

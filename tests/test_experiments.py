@@ -114,3 +114,25 @@ def test_every_result_is_used_by_a_doc(modules):
         record = json.loads(path.read_text())
         key = record["key"] if path.parent.name == "train" else record["label"] + record["key"]
         assert key in wanted, f"{path.relative_to(ROOT)} is not used by any docs/results*.md (remove it)"
+
+
+def test_a_failed_run_is_kept_unless_retry_failed_asks_for_another_try(modules, tmp_path, monkeypatch):
+    import runner
+
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    spec = runner.train_spec(runner.BUDGETS["standard"], "rte", "adapter", 1e-3)
+    runner.store("train", spec, runner.label_of(spec), {"error": "ModelError: the cache was half written"})
+    trained = []
+
+    def worker(s, threads):
+        trained.append(s)
+        return {"metric": "accuracy", "best": {"main": 0.6, "accuracy": 0.6}, "trainable_pct": 3.0,
+                "wall_seconds": 1.0, "examples_per_second": 1.0}
+
+    monkeypatch.setattr(runner, "_worker", worker)
+    kept = runner.Runner("standard", log=lambda *a: None).need([spec])
+    assert trained == [] and "error" in kept[0]["result"]  # a diverging grid point would fail again: a result
+    assert runner.Runner("standard", log=lambda *a: None, retry_failed=True, dry=True).need([spec])[0] == kept[0]
+    again = runner.Runner("standard", log=lambda *a: None, retry_failed=True).need([spec])
+    assert trained == [spec] and again[0]["result"]["best"]["main"] == 0.6
+    assert runner.load_cached("train", spec, runner.label_of(spec)) == again[0]  # the failure is replaced
