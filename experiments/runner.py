@@ -243,22 +243,43 @@ class Runner:
         if missing and self.dry:
             return [records.get(i) for i in range(len(specs))]
         if missing:
+            self._rebuild_inputs([s for _, s in missing])
             self.log(f"  training {len(missing)} run(s): " + ", ".join(label_of(s) for _, s in missing))
-            if self.jobs > 1 and len(missing) > 1:
-                import multiprocessing as mp
-
-                with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn")) as pool:
-                    futures = {pool.submit(_worker, s, self.threads): (i, s) for i, s in missing}
-                    for f in as_completed(futures):  # cached as soon as each run ends
-                        i, s = futures[f]
-                        records[i] = self._finish(s, f.result())
-            else:
-                for i, s in missing:
-                    records[i] = self._finish(s, _worker(s, self.threads))
+            for (i, s), summary in self._train_all(missing):  # cached as soon as each run ends
+                records[i] = self._finish(s, summary)
         for i, spec in enumerate(specs):  # duplicates within this call
             if i not in records:
                 records[i] = load_cached("train", spec, label_of(spec))
         return [records[i] for i in range(len(specs))]
+
+    def _train_all(self, items: list[tuple]):
+        """Train ``(tag, spec)`` items, up to --jobs at once; yields ``((tag, spec), summary)`` as each ends."""
+        if self.jobs > 1 and len(items) > 1:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_worker, s, self.threads): (tag, s) for tag, s in items}
+                for f in as_completed(futures):
+                    yield futures[f], f.result()
+        else:
+            for tag, s in items:
+                yield (tag, s), _worker(s, self.threads)
+
+    def _rebuild_inputs(self, specs: list[dict]) -> None:
+        """Train again, --jobs at once, the runs whose weights these specs read (a fusion's adapters) when
+        their directories are missing, as on a fresh checkout: the JSON is committed, the weights are scratch.
+        Left to each run, every worker would wait on the same one in turn (one core busy)."""
+        inputs = []
+        for spec in specs:
+            for dep in spec.get("fuse_from", ()):
+                if not (run_dir(dep) / "metrics.json").is_file() and dep not in inputs:
+                    inputs.append(dep)
+        if inputs:
+            self.log(f"  rebuilding the weights of {len(inputs)} run(s) these runs read: "
+                     + ", ".join(label_of(d) for d in inputs))
+            for (_, dep), summary in self._train_all([(None, d) for d in inputs]):
+                if "error" in summary:
+                    self.log(f"    {label_of(dep)}: FAILED {summary['error'][:200]}")
 
     def _finish(self, spec: dict, summary: dict) -> dict:
         cached = load_cached("train", spec, label_of(spec))

@@ -136,3 +136,29 @@ def test_a_failed_run_is_kept_unless_retry_failed_asks_for_another_try(modules, 
     again = runner.Runner("standard", log=lambda *a: None, retry_failed=True).need([spec])
     assert trained == [spec] and again[0]["result"]["best"]["main"] == 0.6
     assert runner.load_cached("train", spec, runner.label_of(spec)) == again[0]  # the failure is replaced
+
+
+def test_the_runs_a_fusion_reads_are_rebuilt_first_when_their_weights_are_missing(modules, tmp_path, monkeypatch):
+    """On a fresh checkout the JSON of a fusion's adapters is there but their weights are not: they train
+    again before the fusion (all at once under --jobs), instead of each fusion worker waiting on them in turn."""
+    import runner
+
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    B = runner.BUDGETS["standard"]
+    sources = [runner.train_spec(B, t, "adapter", 1e-3) for t in ("glue/rte", "glue/stsb")]
+    runner.RUNS.mkdir()
+    (runner.run_dir(sources[1])).mkdir()
+    (runner.run_dir(sources[1]) / "metrics.json").write_text("{}")  # this one's weights are here
+    fusions = [runner.train_spec(B, "glue/mrpc", "fusion", lr, fuse_from=sources) for lr in (1e-4, 1e-3)]
+    order = []
+
+    def worker(s, threads):
+        order.append(runner.label_of(s))
+        return {"metric": "accuracy", "best": {"main": 0.8, "accuracy": 0.8}, "trainable_pct": 20.0,
+                "wall_seconds": 1.0, "examples_per_second": 1.0}
+
+    monkeypatch.setattr(runner, "_worker", worker)
+    runner.Runner("standard", log=lambda *a: None).need(fusions)
+    assert order == [runner.label_of(sources[0])] + [runner.label_of(f) for f in fusions]
+    assert runner.load_cached("train", sources[0], runner.label_of(sources[0])) is None  # weights only, no result
