@@ -43,6 +43,18 @@ def output(model, headless=False):
     return model.bert(**BATCH).last_hidden_state if headless else model(**BATCH).logits
 
 
+def houlsby_head_output():
+    """The houlsby_head fixture's logits as adapterkit computes them on this machine. They equal what adapters
+    computed to within 1e-5 (0.0 on the machine that wrote the fixture, 1 ulp on another CPU: kernels differ),
+    so a converted copy is compared with this, exactly, and with the fixture's numbers to that tolerance."""
+    model = tiny()
+    ak.load_adapter(model, DATA / "houlsby_head")
+    ak.set_active(model, "t")
+    got = output(model)
+    assert (got - EXPECTED["houlsby_head.output"]).abs().max() <= 1e-5
+    return got
+
+
 @pytest.mark.parametrize("name,placement,size,activation,head", [
     ("houlsby_head", "houlsby", 4, "gelu_new", ("classification", 3, ("neg", "neu", "pos"), True)),
     ("pfeiffer_regression", "pfeiffer", 8, "gelu", ("regression", 1, None, False)),
@@ -56,7 +68,7 @@ def test_adapterhub_directories_load_and_compute_what_adapters_computed(name, pl
     assert ak.load_adapter(model, DATA / name) == "t"
     ak.set_active(model, "t")
     got, expected = output(model, headless), EXPECTED[f"{name}.output"]
-    assert (got - expected).abs().max() <= 1e-5  # measured: 0.0 for all four
+    assert (got - expected).abs().max() <= 1e-5  # 0.0 for all four where they were written; 1 ulp on an AMD EPYC
     assert (output(model, headless=True) - base).abs().max() > 1e-2  # the adapter matters: a wrong mapping would show
     config, h = model.adapterkit.configs["t"], model.adapterkit.heads["t"]
     assert (config.placement, config.size, config.activation, config.train_layer_norms) == (placement, size, activation, False)
@@ -116,7 +128,7 @@ def test_training_time_options_are_accepted_with_a_note(tmp_path):
     _, notes = import_adapterhub(model, _edited(tmp_path, dropout=0.1))
     assert notes == ["dropout=0.1 is a training-time option adapterkit does not keep (eval outputs are unchanged)"]
     ak.set_active(model, "t")
-    assert torch.equal(output(model), EXPECTED["houlsby_head.output"])
+    assert torch.equal(output(model), houlsby_head_output())
 
 
 def _rewrite_weights(directory: Path, edit) -> None:
@@ -220,7 +232,7 @@ def test_cli_converts_in_and_out_and_the_result_predicts(tmp_path):
     model = tiny()
     ak.load_adapter(model, tmp_path / "native")
     ak.set_active(model, "t")
-    assert torch.equal(output(model), EXPECTED["houlsby_head.output"])
+    assert torch.equal(output(model), houlsby_head_output())
     r = _cli("predict", "--adapter", tmp_path / "native", "--json", "good film")
     assert r.exit_code == 0 and json.loads(r.output)["label"] in ("neg", "neu", "pos"), r.output
     r = _cli("convert", "--to", "adapterhub", "--adapter", tmp_path / "native", "--output", tmp_path / "back")
@@ -230,7 +242,7 @@ def test_cli_converts_in_and_out_and_the_result_predicts(tmp_path):
     back = tiny()
     ak.load_adapter(back, tmp_path / "back")
     ak.set_active(back, "t")
-    assert torch.equal(output(back), EXPECTED["houlsby_head.output"])
+    assert torch.equal(output(back), houlsby_head_output())
 
 
 @pytest.mark.parametrize("args,message", [
