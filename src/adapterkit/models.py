@@ -55,16 +55,14 @@ def _unpack(alias: str, fill) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     try:
         fill(tmp)
-        if (target / "config.json").is_file():
-            # Another process finished first and may be reading it now: keep its copy, drop ours.
-            return target
-        if target.exists():  # an incomplete leftover in our own cache (only complete copies are renamed in)
-            shutil.rmtree(target)
         try:
-            os.replace(tmp, target)
-        except OSError:  # lost the race between the check and the rename: the winner's copy is complete
+            os.replace(tmp, target)  # fails while target holds files: it is never removed under a reader
+        except OSError:
+            # Another process finished first and may be reading its copy now: keep it, drop ours. Anything else
+            # there is an incomplete leftover in our own cache (only complete copies are renamed in).
             if not (target / "config.json").is_file():
-                raise
+                shutil.rmtree(target)
+                os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
