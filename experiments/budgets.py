@@ -58,9 +58,6 @@ BUDGETS = {
         # fusion layers at these lrs (the paper: 5e-5 for 10 epochs), the new head at 3e-2 (the recipe's head lr)
         "fusion_tasks": ("glue/rte", "glue/mrpc"), "fusion_sources": GLUE_TASKS, "fusion_lrs": (1e-4, 1e-3),
         "fusion_head_lr": 3e-2,
-        # MRPC at the lr RTE chose for both fusions only: one MRPC fusion costs ~1.5 h on 2 cores (3,668 pairs x 3
-        # epochs at ~2 examples/s), and a run must end within the session that starts it (runs/ is scratch)
-        "fusion_lrs_of": {"glue/mrpc": (1e-3,)},
         "recipe_check": ("glue/rte", "glue/mrpc", "glue/stsb", "glue/cola", "rotten_tomatoes", "trec", "sms_spam"),
         "recipe_check_variants": ({"head_lr": 3e-2}, {"head_lr": 3e-2, "site": "before_dropout"}, {}),
         # SQuAD's size-64 gap (125 steps): its head at its own lr, and the adapters at 3x the lr (size 256, 4x

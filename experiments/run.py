@@ -417,13 +417,8 @@ def fusion_specs(R: Runner, target: str) -> list[dict]:
         sources = fusion_sources(R, target, own)
         if sources:
             specs += [train_spec(R.B, target, "fusion", lr, fuse_from=sources, head_lr=R.B["fusion_head_lr"])
-                      for lr in fusion_lrs(R.B, target)]
+                      for lr in R.B["fusion_lrs"]]
     return specs
-
-
-def fusion_lrs(B: dict, target: str) -> tuple:
-    """The fusion layers' lrs on ``target``: the budget's grid unless it names a shorter one for that task."""
-    return B.get("fusion_lrs_of", {}).get(target, B["fusion_lrs"])
 
 
 def exp_fusion(R: Runner) -> None:

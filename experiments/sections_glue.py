@@ -427,10 +427,7 @@ def fusion(d: Doc) -> None:
           "identity-initialised value, value regulariser) over Table 1's adapters (m = 64, best lr on validation) of "
           f"the GLUE tasks other than the target ({', '.join(name(t) for t in d.B['fusion_sources'])}), and over those plus the "
           "target's own adapter (last: its layer norms are the fusion's). The adapters stay frozen; the fusion layers "
-          f"train at lr {' and '.join(f'{lr:g}' for lr in d.B['fusion_lrs'])} (best on validation reported"
-          + "".join(f"; {name(t)} at {' and '.join(f'{lr:g}' for lr in lrs)} only, the lr RTE chose for both fusions, "
-                    "as one fusion there costs about 1.5 CPU-hours" for t, lrs in d.B.get("fusion_lrs_of", {}).items())
-          + "), the new "
+          f"train at lr {' and '.join(f'{lr:g}' for lr in d.B['fusion_lrs'])} (best on validation reported), the new "
           f"head at {d.B['fusion_head_lr']:g}; same data, epochs and batch size as Table 1. Scores are validation "
           "scores (x 100), so the best-of-grid choice favours every row alike.", "",
           "| task | full FT | adapter (64) | fusion of the others | fusion of all |", "|---|---|---|---|---|")
