@@ -200,8 +200,7 @@ def sizes(d: Doc) -> None:
                 missing += 1
                 cells.append(NOT_RUN)
                 continue
-            margin = COLLAPSE_CORRELATION if r["result"].get("metric") == "pearson_spearman" else COLLAPSE_MARGIN
-            down = base is not None and score(r) is not None and score(r) <= base + margin
+            down = is_collapse(r, base)
             if down:
                 collapsed.append(f"{name(task)} m={s}")
             cells.append(f"{cell(r)} (lr {r['spec']['lr']:g}{', collapsed' if down else ''})")
@@ -214,12 +213,41 @@ def sizes(d: Doc) -> None:
     d.add("With a size-dependent lr (`--lr-reference-size 64`): the adapters of size m at size 64's best lr x 64 / m "
           "(the head at its own lr), beside the same sizes at size 64's lr (above).", "",
           "| task | " + " | ".join(f"m={s}, lr x {64 / s:g}" for s in others) + " |", "|---|" + "---|" * len(others))
+    scaled, either, missing = [], [], 0
     for task in rerun.table1_tasks(B):
+        base = majority_score(d, task)
         specs = rerun.size_lr_specs(d.R, task)
         recs = {s["adapter_size"]: r for s, r in zip(specs, d.need("size-lr", specs))}
-        d.add(f"| {name(task)} | " + " | ".join(NOT_RUN if recs.get(s) is None else
-                                                f"{cell(recs[s])} (lr {recs[s]['spec']['lr'] * 64 / s:g})" for s in others) + " |")
-    d.add("")
+        cells = []
+        for s in others:
+            r = recs.get(s)
+            if r is None:
+                missing += 1
+                cells.append(NOT_RUN)
+                continue
+            down = is_collapse(r, base)
+            if down:
+                scaled.append(f"{name(task)} m={s}")
+            # the recipe as a two-point lr grid per size, chosen on validation: size 64's lr or lr x 64 / m
+            if down and is_collapse(rerun.short_choice(d.R, task, "adapter", s), base):
+                either.append(f"{name(task)} m={s}")
+            cells.append(f"{cell(r)} (lr {r['spec']['lr'] * 64 / s:g}{', collapsed' if down else ''})")
+        d.add(f"| {name(task)} | " + " | ".join(cells) + " |")
+    d.add("", "Acceptance with the size-dependent lr: no size collapses at lr x 64 / m: "
+          + verdict(False if scaled else None if missing else True)
+          + (f" (collapsed: {', '.join(scaled)})" if scaled else "")
+          + "; none collapses at both lrs, i.e. with each size's lr chosen on validation from these two: "
+          + verdict(False if either else None if missing else True)
+          + (f" (collapsed at both: {', '.join(either)})" if either else "")
+          + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
+
+
+def is_collapse(r: dict | None, base: float | None) -> bool:
+    """A run no better than predicting the majority class (STS-B: a near-constant prediction)."""
+    if r is None or base is None or score(r) is None:
+        return False
+    margin = COLLAPSE_CORRELATION if r["result"].get("metric") == "pearson_spearman" else COLLAPSE_MARGIN
+    return score(r) <= base + margin
 
 
 def mpnet(d: Doc) -> None:

@@ -162,3 +162,17 @@ def test_the_runs_a_fusion_reads_are_rebuilt_first_when_their_weights_are_missin
     runner.Runner("standard", log=lambda *a: None).need(fusions)
     assert order == [runner.label_of(sources[0])] + [runner.label_of(f) for f in fusions]
     assert runner.load_cached("train", sources[0], runner.label_of(sources[0])) is None  # weights only, no result
+
+
+def test_a_collapse_is_a_score_at_the_majority_class_or_a_near_zero_correlation(modules):
+    import sections_rerun as s
+
+    def rec(main, metric="accuracy"):
+        return {"result": {"metric": metric, "best": {"main": main}}}
+
+    assert s.is_collapse(rec(0.527), 52.7) and s.is_collapse(rec(0.5369), 52.7)   # at, or within 1 point of, majority
+    assert not s.is_collapse(rec(0.545), 52.7)
+    assert s.is_collapse(rec(0.04, "pearson_spearman"), 0.0)                       # STS-B's near-constant prediction
+    assert not s.is_collapse(rec(0.12, "pearson_spearman"), 0.0)
+    assert not s.is_collapse(None, 52.7) and not s.is_collapse(rec(0.5), None)     # nothing to judge
+    assert not s.is_collapse({"result": {"error": "diverged"}}, 52.7)
