@@ -190,21 +190,9 @@ def sizes(d: Doc) -> None:
           f"epochs); \"collapsed\" = no more than {COLLAPSE_MARGIN:g} point above the majority class (STS-B: a "
           f"correlation below {COLLAPSE_CORRELATION:g}, a near-constant prediction).", "",
           "| task | " + " | ".join(f"m={s}" for s in B["sizes"]) + " | majority class |", "|---|" + "---|" * (len(B["sizes"]) + 1))
-    collapsed, missing = [], 0
-    for task in rerun.table1_tasks(B):
-        base = majority_score(d, task)
-        cells = []
-        for s in B["sizes"]:
-            r = rerun.short_choice(d.R, task, "adapter", s)
-            if r is None:
-                missing += 1
-                cells.append(NOT_RUN)
-                continue
-            down = is_collapse(r, base)
-            if down:
-                collapsed.append(f"{name(task)} m={s}")
-            cells.append(f"{cell(r)} (lr {r['spec']['lr']:g}{', collapsed' if down else ''})")
-        d.add(f"| {name(task)} | " + " | ".join(cells) + f" | {fmt(base)} |")
+    at_64s_lr, missing = size_rows(d, B["sizes"], lambda task, s: rerun.short_choice(d.R, task, "adapter", s),
+                                   lambda r, s: r["spec"]["lr"], majority_column=True)
+    collapsed = [k for k, down in at_64s_lr.items() if down]
     d.add("", "Acceptance: no adapter size in {" + ", ".join(map(str, B["sizes"])) + "} collapses to the majority class: "
           + verdict(False if collapsed else None if missing else True)
           + (f" (collapsed: {', '.join(collapsed)})" if collapsed else "")
@@ -213,33 +201,41 @@ def sizes(d: Doc) -> None:
     d.add("With a size-dependent lr (`--lr-reference-size 64`): the adapters of size m at size 64's best lr x 64 / m "
           "(the head at its own lr), beside the same sizes at size 64's lr (above).", "",
           "| task | " + " | ".join(f"m={s}, lr x {64 / s:g}" for s in others) + " |", "|---|" + "---|" * len(others))
-    scaled, either, missing = [], [], 0
-    for task in rerun.table1_tasks(B):
-        base = majority_score(d, task)
+
+    def scaled_run(task, size):
         specs = rerun.size_lr_specs(d.R, task)
-        recs = {s["adapter_size"]: r for s, r in zip(specs, d.need("size-lr", specs))}
+        return {s["adapter_size"]: r for s, r in zip(specs, d.need("size-lr", specs))}.get(size)
+
+    scaled, missing = size_rows(d, others, scaled_run, lambda r, s: r["spec"]["lr"] * 64 / s)
+    down = [k for k, v in scaled.items() if v]
+    # the recipe as a two-point lr grid per size, chosen on validation: size 64's lr or lr x 64 / m
+    both = [k for k in down if at_64s_lr.get(k)]
+    d.add("", "Acceptance with the size-dependent lr: no size collapses at lr x 64 / m: "
+          + verdict(False if down else None if missing else True)
+          + (f" (collapsed: {', '.join(down)})" if down else "")
+          + "; none collapses at both lrs, i.e. with each size's lr chosen on validation from these two: "
+          + verdict(False if both else None if missing else True)
+          + (f" (collapsed at both: {', '.join(both)})" if both else "")
+          + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
+
+
+def size_rows(d: Doc, sizes: list[int], record_of, lr_of, majority_column: bool = False) -> tuple[dict, int]:
+    """A table row per Table-1 task: each size's score at its lr (``lr_of(record, size)``), marked when it collapsed.
+    Returns {"TASK m=SIZE": collapsed} for the runs that ran, and how many have not."""
+    out, missing = {}, 0
+    for task in rerun.table1_tasks(d.B):
+        base = majority_score(d, task)
         cells = []
-        for s in others:
-            r = recs.get(s)
+        for s in sizes:
+            r = record_of(task, s)
             if r is None:
                 missing += 1
                 cells.append(NOT_RUN)
                 continue
-            down = is_collapse(r, base)
-            if down:
-                scaled.append(f"{name(task)} m={s}")
-            # the recipe as a two-point lr grid per size, chosen on validation: size 64's lr or lr x 64 / m
-            if down and is_collapse(rerun.short_choice(d.R, task, "adapter", s), base):
-                either.append(f"{name(task)} m={s}")
-            cells.append(f"{cell(r)} (lr {r['spec']['lr'] * 64 / s:g}{', collapsed' if down else ''})")
-        d.add(f"| {name(task)} | " + " | ".join(cells) + " |")
-    d.add("", "Acceptance with the size-dependent lr: no size collapses at lr x 64 / m: "
-          + verdict(False if scaled else None if missing else True)
-          + (f" (collapsed: {', '.join(scaled)})" if scaled else "")
-          + "; none collapses at both lrs, i.e. with each size's lr chosen on validation from these two: "
-          + verdict(False if either else None if missing else True)
-          + (f" (collapsed at both: {', '.join(either)})" if either else "")
-          + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
+            down = out[f"{name(task)} m={s}"] = is_collapse(r, base)
+            cells.append(f"{cell(r)} (lr {lr_of(r, s):g}{', collapsed' if down else ''})")
+        d.add(f"| {name(task)} | " + " | ".join(cells) + (f" | {fmt(base)} |" if majority_column else " |"))
+    return out, missing
 
 
 def is_collapse(r: dict | None, base: float | None) -> bool:
