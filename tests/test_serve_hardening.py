@@ -457,6 +457,30 @@ def test_the_worker_drops_expired_requests_unrun(world):
         e.stop()
 
 
+def test_a_request_gives_its_rows_back_before_it_is_answered(world):
+    """A client that has its answer and sends again must not find its own rows still counted against the queue
+    (the check after a 200 above raced with the worker on a busy machine)."""
+    model, tok = load_model(str(world["model_dir"]))
+    e = Engine(model, tok, ServeSettings(request_timeout_s=0.2))
+    e.load_now("sentiment", str(world["dirs"]["sentiment"]))
+    e.start()
+    try:
+        seen = []
+        gate = threading.Event()
+        e.control(lambda: gate.wait(30))
+        features = tokenize(tok, ["a", "b"], 32)
+        late = e.submit("sentiment", features)                                         # answered Expired
+        fresh = e.submit("sentiment", features, deadline=time.perf_counter() + 60)   # answered with labels
+        for f in (late, fresh):
+            f.add_done_callback(lambda _: seen.append(e.queued_rows))  # runs as the answer is set
+        time.sleep(0.3)
+        gate.set()
+        fresh.result(30)
+        assert late.exception(30) is not None and seen == [2, 0], seen
+    finally:
+        e.stop()
+
+
 # --- 6. bounded metric labels ---------------------------------------------------------------------------------
 def test_metric_labels_stay_bounded(world):
     with app_client(world) as c:

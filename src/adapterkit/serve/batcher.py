@@ -57,6 +57,7 @@ class _Request:
     future: concurrent.futures.Future
     enqueued: float = field(default_factory=time.perf_counter)
     deadline: float = float("inf")  # time.perf_counter() after which it is dropped unrun
+    released: bool = False  # its rows no longer count against max_queue
 
 
 @dataclass(eq=False)
@@ -319,10 +320,10 @@ class Engine:
                 log.exception("batch failed outside the model")
                 for r in item:
                     if not r.future.done():
-                        r.future.set_exception(e)
+                        self._answer(r, error=e)
             finally:
-                with self._cv:
-                    self._admitted_rows -= sum(len(r.features) for r in item)
+                for r in item:  # the ones skipped unanswered (cancelled) too
+                    self._release(r)
         with self._cv:  # shutting down: answer whatever is left
             for it in self._items:
                 if not it.future.done():
@@ -339,12 +340,12 @@ class Engine:
                 continue  # cancelled while queued (the client disconnected or gave up): skip it
             elif now > r.deadline:  # waited too long: its client has been answered 503 or is about to be
                 self.metrics.dropped("expired")
-                r.future.set_exception(Expired.after(self.settings.request_timeout_s))
+                self._answer(r, error=Expired.after(self.settings.request_timeout_s))
                 continue
             if r.task in self.tasks:
                 live.append(r)
             else:  # unloaded after this request was queued
-                r.future.set_exception(UnknownTask.named(r.task))
+                self._answer(r, error=UnknownTask.named(r.task))
         if not live:
             return
         rows, tasks = sum(len(r.features) for r in live), len({r.task for r in live})
@@ -354,7 +355,7 @@ class Engine:
         except Exception:  # noqa: BLE001 - isolate the failing request(s)
             self.metrics.batch(rows, tasks, time.perf_counter() - started, ok=False)
             if len(live) == 1:
-                live[0].future.set_exception(sys.exc_info()[1])
+                self._answer(live[0], error=sys.exc_info()[1])
                 return
             log.warning("a batch of %d requests failed; retrying them one by one", len(live), exc_info=True)
             for r in live:
@@ -364,9 +365,23 @@ class Engine:
         for r, result in zip(live, results):
             if isinstance(result, BaseException):
                 self.metrics.dropped("nonfinite")
-                r.future.set_exception(result)
+                self._answer(r, error=result)
             else:
-                r.future.set_result(result)
+                self._answer(r, result)
+
+    def _answer(self, r: _Request, result: Any = None, error: BaseException | None = None) -> None:
+        """Release ``r``'s rows, then answer it: a client holding its answer finds its rows already given back."""
+        self._release(r)
+        if error is not None:
+            r.future.set_exception(error)
+        else:
+            r.future.set_result(result)
+
+    def _release(self, r: _Request) -> None:
+        with self._cv:
+            if not r.released:
+                r.released = True
+                self._admitted_rows -= len(r.features)
 
     def _predict(self, batch: list[_Request]) -> list[list[dict[str, Any]] | NonFinite]:
         rows = [(r.task, f) for r in batch for f in r.features]
