@@ -192,7 +192,7 @@ def sizes(d: Doc) -> None:
           "| task | " + " | ".join(f"m={s}" for s in B["sizes"]) + " | majority class |", "|---|" + "---|" * (len(B["sizes"]) + 1))
     at_64s_lr, missing = size_rows(d, B["sizes"], lambda task, s: rerun.short_choice(d.R, task, "adapter", s),
                                    lambda r, s: r["spec"]["lr"], majority_column=True)
-    collapsed = [k for k, down in at_64s_lr.items() if down]
+    collapsed = [label(k) for k, down in at_64s_lr.items() if down]
     d.add("", "Acceptance: no adapter size in {" + ", ".join(map(str, B["sizes"])) + "} collapses to the majority class: "
           + verdict(False if collapsed else None if missing else True)
           + (f" (collapsed: {', '.join(collapsed)})" if collapsed else "")
@@ -210,18 +210,27 @@ def sizes(d: Doc) -> None:
     down = [k for k, v in scaled.items() if v]
     # the recipe as a two-point lr grid per size, chosen on validation: size 64's lr or lr x 64 / m
     both = [k for k in down if at_64s_lr.get(k)]
+    # lr x min(1, 64 / m): larger adapters slowed down, smaller ones at size 64's lr
+    down_only = [k for k in at_64s_lr if k[1] < 64 and at_64s_lr[k]] + [k for k in down if k[1] > 64]
     d.add("", "Acceptance with the size-dependent lr: no size collapses at lr x 64 / m: "
           + verdict(False if down else None if missing else True)
-          + (f" (collapsed: {', '.join(down)})" if down else "")
+          + (f" (collapsed: {', '.join(map(label, down))})" if down else "")
           + "; none collapses at both lrs, i.e. with each size's lr chosen on validation from these two: "
           + verdict(False if both else None if missing else True)
-          + (f" (collapsed at both: {', '.join(both)})" if both else "")
+          + (f" (collapsed at both: {', '.join(map(label, both))})" if both else "")
+          + "; none collapses at lr x min(1, 64 / m), only the larger sizes slowed: "
+          + verdict(False if down_only else None if missing else True)
+          + (f" (collapsed: {', '.join(map(label, down_only))})" if down_only else "")
           + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
+
+
+def label(key: tuple[str, int]) -> str:
+    return f"{name(key[0])} m={key[1]}"
 
 
 def size_rows(d: Doc, sizes: list[int], record_of, lr_of, majority_column: bool = False) -> tuple[dict, int]:
     """A table row per Table-1 task: each size's score at its lr (``lr_of(record, size)``), marked when it collapsed.
-    Returns {"TASK m=SIZE": collapsed} for the runs that ran, and how many have not."""
+    Returns {(task, size): collapsed} for the runs that ran, and how many have not."""
     out, missing = {}, 0
     for task in rerun.table1_tasks(d.B):
         base = majority_score(d, task)
@@ -232,7 +241,7 @@ def size_rows(d: Doc, sizes: list[int], record_of, lr_of, majority_column: bool 
                 missing += 1
                 cells.append(NOT_RUN)
                 continue
-            down = out[f"{name(task)} m={s}"] = is_collapse(r, base)
+            down = out[task, s] = is_collapse(r, base)
             cells.append(f"{cell(r)} (lr {lr_of(r, s):g}{', collapsed' if down else ''})")
         d.add(f"| {name(task)} | " + " | ".join(cells) + (f" | {fmt(base)} |" if majority_column else " |"))
     return out, missing
