@@ -190,7 +190,8 @@ def sizes(d: Doc) -> None:
           f"epochs); \"collapsed\" = no more than {COLLAPSE_MARGIN:g} point above the majority class (STS-B: a "
           f"correlation below {COLLAPSE_CORRELATION:g}, a near-constant prediction).", "",
           "| task | " + " | ".join(f"m={s}" for s in B["sizes"]) + " | majority class |", "|---|" + "---|" * (len(B["sizes"]) + 1))
-    at_64s_lr, missing = size_rows(d, B["sizes"], lambda task, s: rerun.short_choice(d.R, task, "adapter", s),
+    at_64s_lr, missing = size_rows(d, B["sizes"],
+                                   lambda task: {s: rerun.short_choice(d.R, task, "adapter", s) for s in B["sizes"]},
                                    lambda r, s: r["spec"]["lr"], majority_column=True)
     collapsed = [label(k) for k, down in at_64s_lr.items() if down]
     d.add("", "Acceptance: no adapter size in {" + ", ".join(map(str, B["sizes"])) + "} collapses to the majority class: "
@@ -202,11 +203,11 @@ def sizes(d: Doc) -> None:
           "(the head at its own lr), beside the same sizes at size 64's lr (above).", "",
           "| task | " + " | ".join(f"m={s}, lr x {64 / s:g}" for s in others) + " |", "|---|" + "---|" * len(others))
 
-    def scaled_run(task, size):
+    def scaled_runs(task):
         specs = rerun.size_lr_specs(d.R, task)
-        return {s["adapter_size"]: r for s, r in zip(specs, d.need("size-lr", specs))}.get(size)
+        return {s["adapter_size"]: r for s, r in zip(specs, d.need("size-lr", specs))}
 
-    scaled, missing = size_rows(d, others, scaled_run, lambda r, s: r["spec"]["lr"] * 64 / s)
+    scaled, missing = size_rows(d, others, scaled_runs, lambda r, s: r["spec"]["lr"] * 64 / s)
     down = [k for k, v in scaled.items() if v]
     # the recipe as a two-point lr grid per size, chosen on validation: size 64's lr or lr x 64 / m
     both = [k for k in down if at_64s_lr.get(k)]
@@ -228,15 +229,16 @@ def label(key: tuple[str, int]) -> str:
     return f"{name(key[0])} m={key[1]}"
 
 
-def size_rows(d: Doc, sizes: list[int], record_of, lr_of, majority_column: bool = False) -> tuple[dict, int]:
-    """A table row per Table-1 task: each size's score at its lr (``lr_of(record, size)``), marked when it collapsed.
-    Returns {(task, size): collapsed} for the runs that ran, and how many have not."""
+def size_rows(d: Doc, sizes: list[int], records_of, lr_of, majority_column: bool = False) -> tuple[dict, int]:
+    """A table row per Table-1 task: each size's score (``records_of(task)``: {size: record or None}) at its lr
+    (``lr_of(record, size)``), marked when it collapsed. Returns {(task, size): collapsed} for the runs that ran,
+    and how many have not."""
     out, missing = {}, 0
     for task in rerun.table1_tasks(d.B):
-        base = majority_score(d, task)
+        base, records = majority_score(d, task), records_of(task)
         cells = []
         for s in sizes:
-            r = record_of(task, s)
+            r = records.get(s)
             if r is None:
                 missing += 1
                 cells.append(NOT_RUN)
