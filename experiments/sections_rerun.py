@@ -41,8 +41,8 @@ def section(d: Doc) -> None:
     B = d.B
     d.add("## The evidence with the default recipe (issue 12)", "",
           "Recipe 2, adapterkit's default since issue 12: the adapter reads the sublayer's dropout output (adapter-bert's "
-          f"order) and an adapter's new classification or regression head trains at {B['rerun']['head_lr']:g} (SQuAD's "
-          "span head at the adapters' lr, the default for QA). Every adapter run of the tables above trained again "
+          f"order) and an adapter's new head (classification, regression, and QA's span head) trains at "
+          f"{B['rerun']['head_lr']:g}. Every adapter run of the tables above trained again "
           "with it, everything else unchanged: full FT, top-k, LN-only and head-only are the same runs as above, and "
           "every method gets the same lr and epoch choices. Scores x 100 as in the tables above; "
           f"\"{NOT_RUN}\" marks runs the runner has not reached (`python experiments/run.py --only table2-r2 --only "
@@ -303,23 +303,29 @@ def figure3(d: Doc) -> None:
 def squad(d: Doc) -> None:
     specs = run.squad_specs(d.R)
     old, new = d.R.need(specs), d.need("squad-r2", rerun.squad_r2_specs(d.R))
+    at_lr = d.R.need([rerun.r2_span_head_at_lr(s) if s["method"] == "adapter" else s for s in specs])
     variants = run.recipe_squad_specs(d.R)
-    d.add("### SQuAD", "", "Recipe 2's span head trains at the adapters' lr (QA's default); the last row is the recipe "
-          f"experiment's size-64 variants (the head at its own lr; the adapters at a larger lr). F1 x 100.", "",
-          "| method | trained % | F1, recipe 1 | F1, recipe 2 |", "|---|---|---|---|")
+    d.add("### SQuAD", "", f"Recipe 2 trains QA's span head at {d.B['rerun']['head_lr']:g} like the other heads "
+          "(QA's default since these runs); the column before it is recipe 2 with the span head at the adapters' lr, "
+          "QA's default until then (only the sizes it reached). The last rows are the recipe experiment's size-64 "
+          "variants (the head at its own lr; the adapters at a larger lr). F1 x 100.", "",
+          "| method | trained % | F1, recipe 1 | F1, recipe 2, span head at the adapters' lr | F1, recipe 2 |",
+          "|---|---|---|---|---|")
     full = next(r for s, r in zip(specs, old) if s["method"] == "full")
     default64 = None
-    for spec, r1, r2 in zip(specs, old, new):
+    for spec, r1, r_lr, r2 in zip(specs, old, at_lr, new):
         label = f"adapters m={spec['adapter_size']}" if spec["method"] == "adapter" else "full FT"
         r = r2 or r1
         pct = f"{r['result']['trainable_pct']:.2f}%" if r and "error" not in r["result"] else ""
         if spec.get("adapter_size") == 64:
             default64 = r2
-        d.add(f"| {label} | {pct} | {cell(r1)} | {cell(r2 if spec['method'] == 'adapter' else r1)} |")
+        adapter = spec["method"] == "adapter"
+        d.add(f"| {label} | {pct} | {cell(r1)} | {(cell(r_lr) if r_lr else '—') if adapter else cell(r1)} "
+              f"| {cell(r2 if adapter else r1)} |")
     others = []
     for v, r in zip(d.B.get("recipe_squad_variants", ()), d.need("recipe", variants)):
         others.append(f"{run.variant_label(v)} {signed(gap(r, full))}")
-        d.add(f"| adapters m=64, {run.variant_label(v)} | | | {cell(r)} |")
+        d.add(f"| adapters m=64, {run.variant_label(v)} | | | | {cell(r)} |")
     g = gap(default64, full)
     d.add("", "Acceptance: size-64 adapters within 3 F1 of full FT: " + verdict(None if g is None else g >= -3)
           + ("" if g is None else f" ({fmt(score(default64))} vs {fmt(score(full))}, {g:+.1f})")

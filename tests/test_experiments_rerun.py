@@ -35,7 +35,8 @@ def test_recipe_2_changes_only_the_adapter_runs(mods):
     assert rerun.r2(B, adapter) == {**adapter, "recipe": 2, "head_lr": 3e-2}
     squad = next(s for s in run.squad_specs(run.Runner("standard", dry=True, log=lambda *a: None))
                  if s["method"] == "adapter")
-    assert rerun.r2(B, squad) == {**squad, "recipe": 2}  # QA's span head: the adapters' lr, recipe 2's default
+    assert rerun.r2(B, squad) == {**squad, "recipe": 2, "head_lr": 3e-2}  # QA's span head too, since the SQuAD runs
+    assert rerun.r2_span_head_at_lr(squad) == {**squad, "recipe": 2}  # QA's default before them
     assert runner.label_of(rerun.r2(B, adapter)) == "r8-adapter-m64-lr0.001-hlr0.03-r2"
 
 

@@ -13,7 +13,7 @@ import adapterkit as ak
 import adapterkit.train as T
 from adapterkit.train import TrainConfig, train
 
-from train_helpers import save_tiny_bert, write_sentiment
+from train_helpers import save_tiny_bert, write_sentiment, write_squad
 
 
 def test_parameter_groups_split_the_adapter_into_body_and_head():
@@ -88,8 +88,24 @@ def test_an_adapters_new_head_learns_at_the_default_head_lr(tiny, tmp_path, monk
     assert lrs == [1e-3, T.DEFAULT_HEAD_LR["adapter"]["classification"]] == [1e-3, 3e-2]
     assert metrics["head_lr"] == 3e-2 and metrics["config"]["head_lr"] is None  # the effective lr, and the option
     # a run recorded before this default (no default_head_lr) is not taken for one made with it
-    assert metrics["config"]["default_head_lr"] == {"classification": 3e-2, "regression": 3e-2}
+    assert metrics["config"]["default_head_lr"] == {"classification": 3e-2, "regression": 3e-2, "qa": 3e-2}
     assert "default_head_lr" not in _config(tiny, tmp_path / "x", head_lr=1e-3).recorded()
+
+
+def test_an_adapters_span_head_learns_at_the_default_head_lr(tmp_path, monkeypatch):
+    """QA too (issue 12, SQuAD): the span head (the model's qa_outputs, copied per adapter) trains at 3e-2."""
+    model = save_tiny_bert(tmp_path / "qa-bert", qa=True)
+    squad = write_squad(tmp_path / "squad.json", n_articles=2)
+    seen = {}
+    real = torch.optim.AdamW
+    monkeypatch.setattr(T.torch.optim, "AdamW", lambda groups, **k: seen.setdefault("g", groups) and real(groups, **k))
+    metrics = train(TrainConfig(output=str(tmp_path / "qa"), model=str(model), task="squad",
+                                data={"train_file": str(squad)}, epochs=1, batch_size=8, max_length=64,
+                                doc_stride=16, lr=1e-3, progress=False))
+    body, head = seen["g"]
+    assert (body["lr"], head["lr"]) == (1e-3, T.DEFAULT_HEAD_LR["adapter"]["qa"]) == (1e-3, 3e-2)
+    assert sum(p.numel() for p in head["params"]) == 32 * 2 + 2  # qa_outputs: hidden 32 -> (start, end)
+    assert metrics["head_lr"] == 3e-2 and metrics["config"]["default_head_lr"]["qa"] == 3e-2
 
 
 @pytest.mark.parametrize("method, kw", [("adapter", {"head_lr": 1e-3}), ("head", {}), ("full", {"lr": 1e-4})])

@@ -159,7 +159,7 @@ def train(
         help="adapter/ln: also train a copy of the embeddings' layer norm (adapter-bert trains it)")]
         = _DEFAULT.train_embedding_norm,
     lr: Annotated[Optional[float], typer.Option(help="learning rate (default per method: adapter 1e-3, full 5e-5...)")] = None,
-    head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: 3e-2 for an adapter's classification or regression head, else --lr)")] = None,
+    head_lr: Annotated[Optional[float], typer.Option(help="the task head's learning rate (default: 3e-2 for an adapter's classification, regression or span (QA) head, else --lr)")] = None,
     probe_epochs: Annotated[int, typer.Option(
         help="LP-FT warm start: the first N epochs train only the head, then everything trains")] = 0,
     lr_reference_size: Annotated[Optional[int], typer.Option(
