@@ -303,7 +303,12 @@ def figure3(d: Doc) -> None:
 def squad(d: Doc) -> None:
     specs = run.squad_specs(d.R)
     old, new = d.R.need(specs), d.need("squad-r2", rerun.squad_r2_specs(d.R))
-    at_lr = d.R.need([rerun.r2_span_head_at_lr(s) if s["method"] == "adapter" else s for s in specs])
+    # recipe 2 before QA's span head had the head lr: only the sizes that ran then (no experiment trains more)
+    adapters = [rerun.r2_span_head_at_lr(s) for s in specs if s["method"] == "adapter"]
+    ran = [r for r in d.R.need(adapters) if r is not None]
+    d.need("squad-r2, span head at the adapters' lr", [r["spec"] for r in ran])
+    at_lr = [next((r for r in ran if r["spec"].get("adapter_size") == s.get("adapter_size")), None)
+             if s["method"] == "adapter" else None for s in specs]
     variants = run.recipe_squad_specs(d.R)
     d.add("### SQuAD", "", f"Recipe 2 trains QA's span head at {d.B['rerun']['head_lr']:g} like the other heads "
           "(QA's default since these runs); the column before it is recipe 2 with the span head at the adapters' lr, "
@@ -320,8 +325,8 @@ def squad(d: Doc) -> None:
         if spec.get("adapter_size") == 64:
             default64 = r2
         adapter = spec["method"] == "adapter"
-        d.add(f"| {label} | {pct} | {cell(r1)} | {(cell(r_lr) if r_lr else '—') if adapter else cell(r1)} "
-              f"| {cell(r2 if adapter else r1)} |")
+        before = (cell(r_lr) if r_lr else "—") if adapter else cell(r1)
+        d.add(f"| {label} | {pct} | {cell(r1)} | {before} | {cell(r2 if adapter else r1)} |")
     others = []
     for v, r in zip(d.B.get("recipe_squad_variants", ()), d.need("recipe", variants)):
         others.append(f"{run.variant_label(v)} {signed(gap(r, full))}")
