@@ -27,8 +27,9 @@ work): table2-r2 1 run (BoolQ) ~0.1 CPU-hours, adapterhub 18 runs ~1.9, table1-r
 ~1.2, 9 at 10 epochs ~2.4; 20 epochs would be ~5.3 instead of 2.4, hence 10), mpnet-r2 8 runs ~5.7 (assuming
 8x MiniLM's time), figure3-r2 8 runs ~0.2, squad-r2 4 runs ~0.9 (+2 variants ~0.45). About 12 CPU-hours: ~6 hours with --jobs 2.
 Measured since (2026-12-03): runs two at a time took 1.6-2.6x their estimate (Table 1's 10-epoch RTE runs: 46
-and 41 minutes), and AdapterHub's runs about 5x adapterkit's on the same task (side-venv start-up included),
-so the estimate now times AdapterHub by its own cached runs: its 15 remaining runs ~9 CPU-hours.
+and 41 minutes); AdapterHub's first runs (three at a time, side-venv start-up included) took about 5x the
+fastest cached adapterkit run of their task, so the estimate now times AdapterHub by its own cached runs: its 15
+remaining runs ~9 CPU-hours, likely pessimistic (the fastest adapterkit runs were made on an idle machine).
 """
 
 from __future__ import annotations
