@@ -253,7 +253,7 @@ MPNET_COST = 8.0
 def estimate(budget: str = "standard") -> dict[str, tuple[int, float]]:
     """Per experiment: (runs not cached yet, CPU seconds they would take). A run that waits on another's result
     (sizes 8/256 on the best size-64 lr, the long-epoch runs, MPNet) is counted as if the first grid point had
-    won. Each missing run costs what the fastest cached run of its task, method family (full FT or the rest)
+    won. Each missing run costs what the fastest cached run of its task, method family (full FT, AdapterHub, the rest)
     and train size took per epoch (one thread, the least loaded), times its epochs (times MPNET_COST on MPNet);
     with no such run, the median of the others (AdapterHub: adapterkit's time times AdapterHub's measured ratio).
     Runs two at a time on the 2-core machine took 1.6-2.6x these times (2026-12-03)."""
