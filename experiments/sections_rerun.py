@@ -305,10 +305,8 @@ def squad(d: Doc) -> None:
     old, new = d.R.need(specs), d.need("squad-r2", rerun.squad_r2_specs(d.R))
     # recipe 2 before QA's span head had the head lr: only the sizes that ran then (no experiment trains more)
     adapters = [rerun.r2_span_head_at_lr(s) for s in specs if s["method"] == "adapter"]
-    ran = [r for r in d.R.need(adapters) if r is not None]
-    d.need("squad-r2, span head at the adapters' lr", [r["spec"] for r in ran])
-    at_lr = [next((r for r in ran if r["spec"].get("adapter_size") == s.get("adapter_size")), None)
-             if s["method"] == "adapter" else None for s in specs]
+    ran = [s for s, r in zip(adapters, d.R.need(adapters)) if r is not None]
+    at_lr = {r["spec"]["adapter_size"]: r for r in d.need("squad-r2, span head at the adapters' lr", ran)}
     variants = run.recipe_squad_specs(d.R)
     d.add("### SQuAD", "", f"Recipe 2 trains QA's span head at {d.B['rerun']['head_lr']:g} like the other heads "
           "(QA's default since these runs); the column before it is recipe 2 with the span head at the adapters' lr, "
@@ -318,13 +316,14 @@ def squad(d: Doc) -> None:
           "|---|---|---|---|---|")
     full = next(r for s, r in zip(specs, old) if s["method"] == "full")
     default64 = None
-    for spec, r1, r_lr, r2 in zip(specs, old, at_lr, new):
+    for spec, r1, r2 in zip(specs, old, new):
         label = f"adapters m={spec['adapter_size']}" if spec["method"] == "adapter" else "full FT"
         r = r2 or r1
         pct = f"{r['result']['trainable_pct']:.2f}%" if r and "error" not in r["result"] else ""
         if spec.get("adapter_size") == 64:
             default64 = r2
         adapter = spec["method"] == "adapter"
+        r_lr = at_lr.get(spec.get("adapter_size"))
         before = (cell(r_lr) if r_lr else "—") if adapter else cell(r1)
         d.add(f"| {label} | {pct} | {cell(r1)} | {before} | {cell(r2 if adapter else r1)} |")
     others = []

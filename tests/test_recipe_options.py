@@ -75,16 +75,22 @@ def test_train_puts_the_head_in_its_own_optimiser_group(tiny, tmp_path, monkeypa
 
 
 def _groups_of(tiny, out, monkeypatch, **kw):
+    """The optimiser's parameter groups of a train() run of _config(tiny, out, **kw), and its metrics."""
     seen = {}
     real = torch.optim.AdamW
     monkeypatch.setattr(T.torch.optim, "AdamW", lambda groups, **k: seen.setdefault("g", groups) and real(groups, **k))
     metrics = train(_config(tiny, out, **kw))
-    return [g["lr"] for g in seen["g"]], metrics
+    return seen["g"], metrics
+
+
+def _lrs_of(tiny, out, monkeypatch, **kw):
+    groups, metrics = _groups_of(tiny, out, monkeypatch, **kw)
+    return [g["lr"] for g in groups], metrics
 
 
 def test_an_adapters_new_head_learns_at_the_default_head_lr(tiny, tmp_path, monkeypatch):
     """Issue 12's recipe: without --head-lr an adapter's classification head trains at 3e-2, the rest at lr."""
-    lrs, metrics = _groups_of(tiny, tmp_path / "default", monkeypatch)
+    lrs, metrics = _lrs_of(tiny, tmp_path / "default", monkeypatch)
     assert lrs == [1e-3, T.DEFAULT_HEAD_LR["adapter"]["classification"]] == [1e-3, 3e-2]
     assert metrics["head_lr"] == 3e-2 and metrics["config"]["head_lr"] is None  # the effective lr, and the option
     # a run recorded before this default (no default_head_lr) is not taken for one made with it
@@ -92,17 +98,13 @@ def test_an_adapters_new_head_learns_at_the_default_head_lr(tiny, tmp_path, monk
     assert "default_head_lr" not in _config(tiny, tmp_path / "x", head_lr=1e-3).recorded()
 
 
-def test_an_adapters_span_head_learns_at_the_default_head_lr(tmp_path, monkeypatch):
+def test_an_adapters_span_head_learns_at_the_default_head_lr(tiny, tmp_path, monkeypatch):
     """QA too (issue 12, SQuAD): the span head (the model's qa_outputs, copied per adapter) trains at 3e-2."""
     model = save_tiny_bert(tmp_path / "qa-bert", qa=True)
     squad = write_squad(tmp_path / "squad.json", n_articles=2)
-    seen = {}
-    real = torch.optim.AdamW
-    monkeypatch.setattr(T.torch.optim, "AdamW", lambda groups, **k: seen.setdefault("g", groups) and real(groups, **k))
-    metrics = train(TrainConfig(output=str(tmp_path / "qa"), model=str(model), task="squad",
-                                data={"train_file": str(squad)}, epochs=1, batch_size=8, max_length=64,
-                                doc_stride=16, lr=1e-3, progress=False))
-    body, head = seen["g"]
+    groups, metrics = _groups_of(tiny, tmp_path / "qa", monkeypatch, model=str(model), task="squad",
+                                 data={"train_file": str(squad)}, max_length=64, doc_stride=16)
+    body, head = groups
     assert (body["lr"], head["lr"]) == (1e-3, T.DEFAULT_HEAD_LR["adapter"]["qa"]) == (1e-3, 3e-2)
     assert sum(p.numel() for p in head["params"]) == 32 * 2 + 2  # qa_outputs: hidden 32 -> (start, end)
     assert metrics["head_lr"] == 3e-2 and metrics["config"]["default_head_lr"]["qa"] == 3e-2
@@ -111,7 +113,7 @@ def test_an_adapters_span_head_learns_at_the_default_head_lr(tmp_path, monkeypat
 @pytest.mark.parametrize("method, kw", [("adapter", {"head_lr": 1e-3}), ("head", {}), ("full", {"lr": 1e-4})])
 def test_a_head_at_the_runs_lr_is_one_group(tiny, tmp_path, monkeypatch, method, kw):
     """--head-lr equal to --lr (the recipe before issue 12), and methods without a head default: one group."""
-    lrs, metrics = _groups_of(tiny, tmp_path / method, monkeypatch, method=method, **kw)
+    lrs, metrics = _lrs_of(tiny, tmp_path / method, monkeypatch, method=method, **kw)
     assert len(lrs) == 1 and metrics["head_lr"] == lrs[0]
 
 
@@ -193,7 +195,7 @@ def test_site_flows_from_train_into_the_saved_adapter(tiny, tmp_path):
 @pytest.mark.parametrize("size, reference, expected", [(16, 4, 2.5e-4), (2, 4, 2e-3), (4, 4, 1e-3)])
 def test_lr_reference_size_scales_the_adapters_lr_by_their_size(tiny, tmp_path, monkeypatch, size, reference, expected):
     """Issue 12's size-dependent lr: the adapters and layer-norm copies at lr x reference / size, the head at its own."""
-    lrs, metrics = _groups_of(tiny, tmp_path / f"m{size}", monkeypatch, adapter_size=size, lr_reference_size=reference)
+    lrs, metrics = _lrs_of(tiny, tmp_path / f"m{size}", monkeypatch, adapter_size=size, lr_reference_size=reference)
     assert lrs == [pytest.approx(expected, rel=1e-12), 3e-2]
     assert metrics["body_lr"] == pytest.approx(expected, rel=1e-12) and metrics["lr"] == 1e-3
     assert metrics["config"]["lr_reference_size"] == reference
