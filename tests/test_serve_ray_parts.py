@@ -69,3 +69,64 @@ def test_resident_adapter_unloads_once_through_the_residency():
     FakeResidency.engine.running = False
     ResidentAdapter(FakeResidency(), "t1").__del__()  # the replica is stopping: nothing to unload into
     assert calls == ["t0"]
+
+
+def test_an_adapter_ray_drops_while_its_request_runs_is_evicted_after_it(tmp_path, monkeypatch):
+    """A replica's request for ``t0``: Ray's multiplex loads it, then another request's load makes Ray's LRU
+    drop it before this request reaches the app. The request is still answered, and afterwards the Residency
+    holds nothing Ray does not: the adapter goes once the request is answered, instead of being loaded back by
+    the app with no Ray entry left to unload it (it stayed resident for good, over Ray's bound)."""
+    import asyncio
+    import json
+    from types import SimpleNamespace
+
+    serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'adapterkit[ray]')")
+    from serve_helpers import perturb, tiny_model_dir
+
+    import adapterkit as ak
+    from adapterkit.models import load_model
+    from adapterkit.serve import ServeSettings
+    from adapterkit.serve.ray_app import AdapterReplica, ReplicaSpec
+
+    model_dir = tiny_model_dir(tmp_path)
+    model, _ = load_model(str(model_dir))
+    ak.add_adapter(model, "t0", ak.AdapterConfig(size=8), head=2)
+    perturb(model, "t0", 0.3, seed=0)
+    ak.save_adapter(model, "t0", tmp_path / "store" / "t0")
+    replica_id = SimpleNamespace(unique_id="r0")
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(replica_id=replica_id))
+    monkeypatch.setattr(serve, "get_multiplexed_model_id", lambda: "t0")  # the request's task
+
+    class LocalReplica(AdapterReplica):
+        def __del__(self):  # Ray awaits the async __del__ once; the test does below, the collector must not
+            pass
+
+    async def scenario():
+        replica = object.__new__(LocalReplica)
+        await AdapterReplica.__init__(replica, ReplicaSpec(model=str(model_dir), store=str(tmp_path / "store"),
+                                                           settings=ServeSettings(batch_window_ms=1), max_loaded=2))
+        residency = replica.residency
+
+        async def settle():  # the controls queued so far (unloads, evictions) have run on the worker
+            await asyncio.wrap_future(residency.engine.control(lambda: None))
+
+        async def get_adapter(name):  # Ray's multiplex: the load, then the LRU drop of another request's load
+            held = await replica._load_adapter(name)
+            assert residency.resident() == [name]
+            held.__del__()
+            await settle()
+            return held
+
+        replica.get_adapter = get_adapter
+        try:
+            body = json.dumps({"task": "t0", "inputs": ["a fine film"]}).encode()
+            status, _, answer = await replica.forward("POST", "/v1/predict", "", [("content-type", "application/json")],
+                                                      body)
+            await settle()
+            return status, json.loads(answer), residency.resident(), "t0" in residency.engine.tasks
+        finally:
+            await AdapterReplica.__del__(replica)  # the worker stops
+
+    status, answer, resident, loaded = asyncio.run(scenario())
+    assert status == 200 and answer["task"] == "t0" and len(answer["predictions"]) == 1
+    assert resident == [] and not loaded

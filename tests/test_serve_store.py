@@ -167,6 +167,39 @@ def test_pinned_adapter_is_never_evicted_and_overflow_goes_once_released(engine,
     r.stop()
 
 
+@pytest.mark.parametrize("waiting", [True, False])
+def test_an_unload_while_loading_evicts_once_loaded_and_idle(engine, world, waiting):
+    """An unload (Ray's LRU drop, a DELETE) that reaches the worker while the adapter is still being read is
+    not lost: the adapter goes once loaded and no request uses it, whether a request still waits for it
+    (``waiting``) or every one has given up meanwhile."""
+    store = DirectoryStore(world["store"])
+    gate, locate = threading.Event(), store.locate
+
+    def slow_locate(name):  # the loader thread reads the adapter only once the test lets it
+        gate.wait(30)
+        return locate(name)
+
+    store.locate = slow_locate
+    r = Residency(engine, store, max_loaded=2)
+    future = r.acquire("t0")
+    if not waiting:
+        r.release("t0")  # the request gave up (its deadline); the load goes on
+    r.unload("t0").result(timeout=30)  # decided while loading: no error, nothing evicted yet
+    gate.set()
+    assert future.result(timeout=30).name == "t0"
+    settle(r)
+    assert r.resident() == (["t0"] if waiting else [])
+    if waiting:
+        r.release("t0")
+        settle(r)
+        assert r.resident() == []
+    assert "t0" not in engine.tasks
+    use(r, "t0")  # a later request loads it again, and it stays
+    settle(r)
+    assert r.resident() == ["t0"]
+    r.stop()
+
+
 def test_an_adapter_being_evicted_is_still_managed_by_the_store(engine, world):
     """Between the worker taking an adapter out of the resident set and unloading it from the engine, the
     engine still lists its task: a request arriving then must go through the store (a cold load), not use the

@@ -138,13 +138,23 @@ class AdapterReplica:
                       body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         """Run one HTTP request through this replica's app; returns (status, headers, body)."""
         task = serve.get_multiplexed_model_id()
-        if task and self.residency is not None and self.residency.manages(task):
-            try:
-                await self.get_adapter(task)  # Ray's LRU and routing table learn the replica holds it
-            except Exception:  # noqa: BLE001 - the app's own load answers the error (400, 503) below
-                pass
-        url = path + (f"?{query}" if query else "")
-        response = await self._client.request(method, url, headers=headers, content=body)
+        pinned = bool(task) and self.residency is not None and self.residency.manages(task)
+        if pinned:
+            # Pinned from before Ray's load until the answer: if Ray's LRU drops the adapter meanwhile (another
+            # request's load), the Residency evicts it after this request. Unpinned, the app's own load would
+            # bring it back after the drop, resident with no Ray entry left to unload it.
+            self.residency.acquire(task)
+        try:
+            if pinned:
+                try:
+                    await self.get_adapter(task)  # Ray's LRU and routing table learn the replica holds it
+                except Exception:  # noqa: BLE001 - the app's own load answers the error (400, 503) below
+                    pass
+            url = path + (f"?{query}" if query else "")
+            response = await self._client.request(method, url, headers=headers, content=body)
+        finally:
+            if pinned:
+                self.residency.release(task)
         out = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in HOP_BY_HOP]
         return response.status_code, out + [(REPLICA_HEADER, self.name)], response.content
 

@@ -155,12 +155,16 @@ class Residency:
             self.engine.control(self._evict_idle)
 
     def unload(self, name: str) -> concurrent.futures.Future:
-        """Evict ``name`` now if no request uses it, else once the last one is answered. A name that is not a
-        resident stored adapter (``--adapter``, hot-loaded) is unloaded as the engine does. Decided on the
-        worker, so a stored adapter that becomes resident meanwhile is still treated as one."""
+        """Evict ``name`` now if no request uses it, else once the last one is answered (one still loading: once
+        loaded and idle). A name that is not a resident stored adapter (``--adapter``, hot-loaded) is unloaded
+        as the engine does. Decided on the worker, so a stored adapter that becomes resident meanwhile is still
+        treated as one."""
 
         def run() -> None:
             with self._lock:
+                if name in self._loading:  # evicted once loaded and idle, as a pinned one
+                    self._doomed.add(name)
+                    return
                 if name not in self._resident:
                     stored = False
                 elif self._pins.get(name):
@@ -259,6 +263,14 @@ class Residency:
                 self.load_seconds.observe(time.perf_counter() - started)
             else:
                 self.load_failures += 1
+                self._doomed.discard(name)  # an unload asked during a failed load has nothing left to evict
+            # unloaded while loading, and every request that waited for it has gone: evict now
+            evict = (error is None and name in self._doomed and not self._pins.get(name)
+                     and not self._evict_queued)
+            if evict:
+                self._evict_queued = True
+        if evict:
+            self.engine.control(self._evict_idle)
         if error is None:
             future.set_result(inner.result())
         else:
