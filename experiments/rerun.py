@@ -18,7 +18,9 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
     squad-r2    SQuAD's adapter sizes (the span head at head_lr, QA's default since these runs), and the
                 recipe experiment's size-64 SQuAD variants (head lr 3e-2, now the default; lr 3e-3)
     size-lr     Table 1's sizes 8 and 256 with a size-dependent lr: size 64's best lr x 64 / size
-                (``--lr-reference-size 64``), beside table1-r2's sizes at size 64's lr
+                (``--lr-reference-size 64``), beside table1-r2's sizes at size 64's lr; and the sizes below 64 at
+                size 64's lr (what lr x min(1, 64 / size) gives them) trained for long_epochs, so that their
+                epochs are chosen from {epochs, long_epochs} as Table 1's are
 
 Cost at the standard budget, estimated from the cached runs (``python experiments/rerun.py`` prints it; each
 missing run at the per-epoch wall time of the fastest cached run of its task and method family, one torch
@@ -164,12 +166,21 @@ def size_lr_specs(R, task: str) -> list[dict]:
     return [{**s, "lr_reference_size": 64} for size in R.B["sizes"] if size != 64 for s in adapter_specs(R, task, size)]
 
 
+def small_long_specs(R, task: str) -> list[dict]:
+    """The sizes below 64 at size 64's best lr (table1-r2's runs) trained for ``long_epochs``: with their 3-epoch
+    runs, each such size gets its epochs chosen on validation as Table 1's choices do. Empty until they ran."""
+    specs = [long_spec(R, short_choice(R, task, "adapter", size)) for size in R.B["sizes"] if size < 64]
+    return [s for s in specs if s is not None]
+
+
 def exp_size_lr(R) -> None:
     tasks = table1_tasks(R.B)
     R.log("size-lr: size-64 adapters (table1-r2's grid)")
     R.need([s for t in tasks for s in adapter_specs(R, t, 64)])
     R.log("size-lr: sizes " + ", ".join(str(m) for m in R.B["sizes"] if m != 64) + " at lr x 64 / size")
     R.need([s for t in tasks for s in size_lr_specs(R, t)])
+    R.log(f"size-lr: sizes below 64 at size 64's lr for {R.B['rerun']['long_epochs']} epochs")
+    R.need([s for t in tasks for s in small_long_specs(R, t)])
 
 
 # ------------------------------------------------------------------------------------ MPNet, Figure 3, SQuAD
@@ -244,7 +255,7 @@ SPECS = {
     "mpnet-r2": mpnet_r2_specs,
     "figure3-r2": lambda R: [s for t in R.B["fig3_tasks"] for s in fig3_r2_specs(R, t)],
     "squad-r2": squad_r2_specs,
-    "size-lr": lambda R: [s for t in table1_tasks(R.B) for s in size_lr_specs(R, t)],
+    "size-lr": lambda R: [s for t in table1_tasks(R.B) for s in size_lr_specs(R, t) + small_long_specs(R, t)],
 }
 #: CPU cost of all-mpnet-base-v2 against MiniLM-L6 per example (12 x 768 against 6 x 384; run.mpnet_specs).
 MPNET_COST = 8.0

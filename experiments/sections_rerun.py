@@ -223,6 +223,39 @@ def sizes(d: Doc) -> None:
           + verdict(False if down_only else None if missing else True)
           + (f" (collapsed: {', '.join(map(label, down_only))})" if down_only else "")
           + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
+    small_epochs(d, at_64s_lr, [k for k in down if k[1] > 64], missing)
+
+
+def small_epochs(d: Doc, at_64s_lr: dict, down_large: list, missing: int) -> None:
+    """The sizes below 64 (size 64's lr under lr x min(1, 64 / m)) with epochs chosen from {3, long} as Table 1's,
+    and the min rule's verdict with that choice: best of two runs, so a size that holds at 3 epochs holds too."""
+    B, E = d.B, d.B["rerun"]["long_epochs"]
+    small = [s for s in B["sizes"] if s < 64]
+    d.add(f"The sizes below 64 at size 64's lr (what lr x min(1, 64 / m) gives them), trained again for {E} epochs, "
+          f"epochs then chosen on validation from {{{B['epochs']}, {E}}} as in Table 1 (size-lr's last stage).", "",
+          "| task | " + " | ".join(f"m={s}, {B['epochs']} ep. | m={s}, {E} ep. | m={s}, epochs chosen" for s in small) + " |",
+          "|---|" + "---|" * (3 * len(small)))
+    still, waiting = [], 0
+    for task in rerun.table1_tasks(B):
+        d.need("size-lr", rerun.small_long_specs(d.R, task))
+        base, cells = majority_score(d, task), []
+        for s in small:
+            short = rerun.short_choice(d.R, task, "adapter", s)
+            (long,) = d.R.need([rerun.long_spec(d.R, short)]) if short is not None else (None,)
+            chosen = None if long is None else run.best_of([short, long])
+            if at_64s_lr.get((task, s)):  # collapsed at 3 epochs: the epoch choice decides
+                if chosen is None:
+                    waiting += 1
+                elif is_collapse(chosen, base):
+                    still.append((task, s))
+            cells += [cell(short), cell(long),
+                      cell(chosen) + (" (collapsed)" if chosen is not None and is_collapse(chosen, base) else "")]
+        d.add(f"| {name(task)} | " + " | ".join(cells) + " |")
+    down = still + down_large
+    d.add("", f"Acceptance with lr x min(1, 64 / m) and epochs chosen from {{{B['epochs']}, {E}}}: no size collapses: "
+          + verdict(False if down else None if missing or waiting else True)
+          + (f" (collapsed: {', '.join(map(label, down))})" if down else "")
+          + (f"; {waiting} collapsed {B['epochs']}-epoch cell(s) wait for their {E}-epoch run" if waiting else "") + ".", "")
 
 
 def label(key: tuple[str, int]) -> str:

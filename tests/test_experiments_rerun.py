@@ -112,6 +112,18 @@ def test_size_lr_runs_are_table1s_sizes_at_size_64s_best_lr_scaled_by_size(mods,
     assert (seen["config"].lr_reference_size, seen["config"].body_lr(384)) == (64, best["spec"]["lr"] / 4)
 
 
+@needs_results
+def test_small_sizes_long_runs_are_their_3_epoch_runs_at_long_epochs(mods):
+    """size-lr's last stage: each size below 64, at size 64's lr (its table1-r2 run), trained for long_epochs;
+    CoLA's is the run Table 1's epoch choice already made (one cache entry)."""
+    run, rerun, runner, _ = mods
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+    (short,) = R.need(rerun.adapter_specs(R, "glue/rte", 8))
+    assert rerun.small_long_specs(R, "glue/rte") == [{**short["spec"], "epochs": R.B["rerun"]["long_epochs"]}]
+    assert rerun.small_long_specs(R, "glue/cola") == rerun.long_specs(R, "glue/cola")[1:]  # CoLA's pick is m=8
+    assert rerun.small_long_specs(R, "glue/cola")[0] in rerun.SPECS["size-lr"](R)
+
+
 def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods):
     run, rerun, _, _ = mods
     for name in rerun.EXPERIMENTS:
