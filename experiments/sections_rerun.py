@@ -106,7 +106,8 @@ def adapterhub(d: Doc) -> None:
           "(experiments/adapterhub_default.py).", "",
           "| task | adapterkit default (recipe 2, m=64) | " + " | ".join(columns) + " | adapterkit - AdapterHub's default "
           "| adapterkit - best AdapterHub |", "|---|---|" + "---|" * len(runs) + "---|---|")
-    behind_default, behind_any, missing, pct = [], [], 0, [[] for _ in range(len(runs) + 1)]
+    behind_default, behind_any, pct = [], [], [[] for _ in range(len(runs) + 1)]
+    missing_default = missing = 0  # tasks where adapterkit's or AdapterHub's default / any column has not run
     for task in rerun.table2_tasks(d.B):
         (mine,) = d.need("table2-r2", [rerun.table2_r2_specs(d.R, task)[2]])
         theirs = d.need("adapterhub", rerun.adapterhub_specs(d.R, task))
@@ -114,6 +115,7 @@ def adapterhub(d: Doc) -> None:
             if r is not None and "error" not in r["result"]:
                 column.append(r["result"]["trainable_pct"])
         vs_default, vs_best = gap(mine, theirs[0]), gap(mine, run.best_of(theirs))
+        missing_default += mine is None or theirs[0] is None
         missing += mine is None or any(r is None for r in theirs)
         for g, behind in ((vs_default, behind_default), (vs_best, behind_any)):
             if g is not None and g < 0:
@@ -122,8 +124,9 @@ def adapterhub(d: Doc) -> None:
               + f" | {fmt(vs_default)} | {fmt(vs_best)} |")
     d.add("| trained params per task (mean %) | " + " | ".join("—" if not c else f"{mean(c):.2f}%" for c in pct) + " | | |",
           "", "Acceptance: adapterkit's default at or above AdapterHub's default on every Table-2 task at the same budget: "
-          + verdict(None if missing else not behind_default)
+          + verdict(None if missing_default else not behind_default)
           + (f" (behind on {', '.join(behind_default)})" if behind_default else "")
+          + (f", {missing_default} task(s) not yet run" if missing_default else "")
           + "; at or above every AdapterHub column (any lr, Houlsby's configuration too): "
           + verdict(None if missing else not behind_any)
           + (f" (behind on {', '.join(behind_any)})" if behind_any else "")
