@@ -20,7 +20,8 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
     size-lr     Table 1's sizes 8 and 256 with a size-dependent lr: size 64's best lr x 64 / size
                 (``--lr-reference-size 64``), beside table1-r2's sizes at size 64's lr; and the sizes below 64 at
                 size 64's lr (what lr x min(1, 64 / size) gives them) trained for long_epochs, so that their
-                epochs are chosen from {epochs, long_epochs} as Table 1's are
+                epochs are chosen from {epochs, long_epochs} as Table 1's are; and Figure 3's and SQuAD's sizes
+                above 64 at lr x 64 / size, the other evidence a default of lr x min(1, 64 / size) needs
 
 Cost at the standard budget, estimated from the cached runs (``python experiments/rerun.py`` prints it; each
 missing run at the per-epoch wall time of the fastest cached run of its task and method family, one torch
@@ -173,14 +174,22 @@ def small_long_specs(R, task: str) -> list[dict]:
     return [s for s in specs if s is not None]
 
 
+def large_elsewhere_specs(R) -> list[dict]:
+    """Figure 3's and SQuAD's adapters above size 64 (recipe 2, at their experiment's lr) at lr x 64 / size: where
+    they trained at the full lr without collapsing, what slowing them costs."""
+    specs = [s for t in R.B["fig3_tasks"] for s in fig3_r2_specs(R, t)] + squad_r2_specs(R)
+    return [{**s, "lr_reference_size": 64} for s in specs if s["method"] == "adapter" and s["adapter_size"] > 64]
+
+
 def exp_size_lr(R) -> None:
     tasks = table1_tasks(R.B)
     R.log("size-lr: size-64 adapters (table1-r2's grid)")
     R.need([s for t in tasks for s in adapter_specs(R, t, 64)])
     R.log("size-lr: sizes " + ", ".join(str(m) for m in R.B["sizes"] if m != 64) + " at lr x 64 / size")
     R.need([s for t in tasks for s in size_lr_specs(R, t)])
-    R.log(f"size-lr: sizes below 64 at size 64's lr for {R.B['rerun']['long_epochs']} epochs")
-    R.need([s for t in tasks for s in small_long_specs(R, t)])
+    R.log(f"size-lr: sizes below 64 at size 64's lr for {R.B['rerun']['long_epochs']} epochs; Figure 3's and "
+          "SQuAD's sizes above 64 at lr x 64 / size")
+    R.need([s for t in tasks for s in small_long_specs(R, t)] + large_elsewhere_specs(R))
 
 
 # ------------------------------------------------------------------------------------ MPNet, Figure 3, SQuAD
@@ -255,7 +264,8 @@ SPECS = {
     "mpnet-r2": mpnet_r2_specs,
     "figure3-r2": lambda R: [s for t in R.B["fig3_tasks"] for s in fig3_r2_specs(R, t)],
     "squad-r2": squad_r2_specs,
-    "size-lr": lambda R: [s for t in table1_tasks(R.B) for s in size_lr_specs(R, t) + small_long_specs(R, t)],
+    "size-lr": lambda R: ([s for t in table1_tasks(R.B) for s in size_lr_specs(R, t) + small_long_specs(R, t)]
+                          + large_elsewhere_specs(R)),
 }
 #: CPU cost of all-mpnet-base-v2 against MiniLM-L6 per example (12 x 768 against 6 x 384; run.mpnet_specs).
 MPNET_COST = 8.0

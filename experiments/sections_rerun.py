@@ -227,6 +227,22 @@ def sizes(d: Doc) -> None:
           + (f" (collapsed: {', '.join(map(label, down_only))})" if down_only else "")
           + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
     small_epochs(d, at_64s_lr, [k for k in down if k[1] > 64], missing)
+    large_elsewhere(d)
+
+
+def large_elsewhere(d: Doc) -> None:
+    """Figure 3's and SQuAD's sizes above 64 at their lr and at lr x 64 / m (the rest of a min(1, 64 / m) rule)."""
+    d.add("Outside Table 1, the sizes above 64 at their experiment's lr (Figure 3, SQuAD; recipe 2) and at lr x 64 / m "
+          "(size-lr), what lr x min(1, 64 / m) would change there:", "",
+          "| task | size | at lr | at lr x 64 / m | change |", "|---|---|---|---|---|")
+    for scaled in rerun.large_elsewhere_specs(d.R):
+        plain = {k: v for k, v in scaled.items() if k != "lr_reference_size"}
+        (at_lr,) = d.R.need([plain])
+        (slowed,) = d.need("size-lr", [scaled])
+        m = scaled["adapter_size"]
+        d.add(f"| {name(scaled['task'])} | {m} | {cell(at_lr)} (lr {scaled['lr']:g}) | "
+              f"{cell(slowed)} (lr {scaled['lr'] * 64 / m:g}) | {signed(gap(slowed, at_lr))} |")
+    d.add("")
 
 
 def small_epochs(d: Doc, at_64s_lr: dict, down_large: list, missing: int) -> None:

@@ -122,6 +122,11 @@ def test_small_sizes_long_runs_are_their_3_epoch_runs_at_long_epochs(mods):
     assert rerun.small_long_specs(R, "glue/rte") == [{**short["spec"], "epochs": R.B["rerun"]["long_epochs"]}]
     assert rerun.small_long_specs(R, "glue/cola") == rerun.long_specs(R, "glue/cola")[1:]  # CoLA's pick is m=8
     assert rerun.small_long_specs(R, "glue/cola")[0] in rerun.SPECS["size-lr"](R)
+    # and Figure 3's and SQuAD's size-256 adapters, their recipe-2 runs at lr x 64 / 256
+    large = rerun.large_elsewhere_specs(R)
+    plain = [s for t in R.B["fig3_tasks"] for s in rerun.fig3_r2_specs(R, t)] + rerun.squad_r2_specs(R)
+    assert large == [{**s, "lr_reference_size": 64} for s in plain if s.get("adapter_size") == 256]
+    assert [s["task"] for s in large] == [*R.B["fig3_tasks"], "squad"]
 
 
 def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods):
