@@ -25,7 +25,7 @@ def cell(r: dict | None) -> str:
 
 
 def signed(x: float | None) -> str:
-    return NOT_RUN if x is None else f"{x:+.1f}"
+    return NOT_RUN if x is None else f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
 
 def gap(a: dict | None, b: dict | None) -> float | None:
