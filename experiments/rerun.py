@@ -22,6 +22,8 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
                 size 64's lr (what lr x min(1, 64 / size) gives them) trained for long_epochs, so that their
                 epochs are chosen from {epochs, long_epochs} as Table 1's are; and Figure 3's and SQuAD's sizes
                 above 64 at lr x 64 / size, the other evidence a default of lr x min(1, 64 / size) needs
+    size-grid   Table 1's sizes 8 and 256 over size 64's whole lr grid (3 epochs), as the paper sweeps lr and size
+                jointly (and the full budget's ``grid_all_sizes``): each size's own best lr
 
 Cost at the standard budget, estimated from the cached runs (``python experiments/rerun.py`` prints it; each
 missing run at the per-epoch wall time of the fastest cached run of its task and method family, one torch
@@ -181,6 +183,19 @@ def large_elsewhere_specs(R) -> list[dict]:
     return [{**s, "lr_reference_size": 64} for s in specs if s["method"] == "adapter" and s["adapter_size"] > 64]
 
 
+def size_grid_specs(R, task: str) -> list[dict]:
+    """Sizes other than 64 at every lr of size 64's grid (recipe 2, 3 epochs); the best-lr ones are table1-r2's."""
+    import run
+
+    return [r2(R.B, run.train_spec(R.B, task, "adapter", lr, size=size)) for size in R.B["sizes"] if size != 64
+            for lr in run.lrs_for(R, task, "adapter", 64)]
+
+
+def exp_size_grid(R) -> None:
+    R.log("size-grid: sizes " + ", ".join(str(m) for m in R.B["sizes"] if m != 64) + " over the whole lr grid")
+    R.need([s for t in table1_tasks(R.B) for s in size_grid_specs(R, t)])
+
+
 def exp_size_lr(R) -> None:
     tasks = table1_tasks(R.B)
     R.log("size-lr: size-64 adapters (table1-r2's grid)")
@@ -253,7 +268,8 @@ def exp_adapterhub(R) -> None:
 
 
 EXPERIMENTS = {"table2-r2": exp_table2_r2, "adapterhub": exp_adapterhub, "table1-r2": exp_table1_r2,
-               "mpnet-r2": exp_mpnet_r2, "figure3-r2": exp_fig3_r2, "squad-r2": exp_squad_r2, "size-lr": exp_size_lr}
+               "mpnet-r2": exp_mpnet_r2, "figure3-r2": exp_fig3_r2, "squad-r2": exp_squad_r2, "size-lr": exp_size_lr,
+               "size-grid": exp_size_grid}
 #: The budget key each experiment needs (a budget without it skips the experiment).
 NEEDS = {name: ("adapterhub" if name == "adapterhub" else "rerun") for name in EXPERIMENTS}
 #: Every run of each experiment (what the results page counts as expected).
@@ -266,6 +282,7 @@ SPECS = {
     "squad-r2": squad_r2_specs,
     "size-lr": lambda R: ([s for t in table1_tasks(R.B) for s in size_lr_specs(R, t) + small_long_specs(R, t)]
                           + large_elsewhere_specs(R)),
+    "size-grid": lambda R: [s for t in table1_tasks(R.B) for s in size_grid_specs(R, t)],
 }
 #: CPU cost of all-mpnet-base-v2 against MiniLM-L6 per example (12 x 768 against 6 x 384; run.mpnet_specs).
 MPNET_COST = 8.0

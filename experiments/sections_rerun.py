@@ -46,7 +46,7 @@ def section(d: Doc) -> None:
           "with it, everything else unchanged: full FT, top-k, LN-only and head-only are the same runs as above, and "
           "every method gets the same lr and epoch choices. Scores x 100 as in the tables above; "
           f"\"{NOT_RUN}\" marks runs the runner has not reached (`python experiments/run.py --only table2-r2 --only "
-          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --only size-lr --jobs 2` continues them).", "")
+          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --only size-lr --only size-grid --jobs 2` continues them).", "")
     table2(d)
     adapterhub(d)
     table1(d)
@@ -228,6 +228,44 @@ def sizes(d: Doc) -> None:
           + (f"; {missing} cell(s) {NOT_RUN}" if missing else "") + ".", "")
     small_epochs(d, at_64s_lr, [k for k in down if k[1] > 64], missing)
     large_elsewhere(d)
+    own_grid(d)
+
+
+def own_grid(d: Doc) -> None:
+    """Each size at its own best lr over size 64's grid (size-grid; the paper sweeps lr and size jointly). A size
+    whose best so far holds needs no more runs to hold: more lrs can only raise the best."""
+    B = d.B
+    d.add("Each size with its own lr: sizes 8 and 256 over size 64's whole lr grid "
+          f"({' / '.join(f'{x:g}' for x in B['task_grid']['adapter'])}; {B['epochs']} epochs), as the paper sweeps lr "
+          "and size jointly (size-grid): the best on validation, and at how many of the grid's lrs the size collapsed.", "",
+          "| task | " + " | ".join(f"m={s}" for s in B["sizes"]) + " |", "|---|" + "---|" * len(B["sizes"]))
+    down, waiting = [], 0
+    for task in rerun.table1_tasks(B):
+        base, cells = majority_score(d, task), []
+        specs = rerun.size_grid_specs(d.R, task)
+        records = dict(zip(map(id, specs), d.need("size-grid", specs)))
+        for size in B["sizes"]:
+            runs = (d.R.need(rerun.adapter_specs(d.R, task, 64)) if size == 64
+                    else [records[id(s)] for s in specs if s["adapter_size"] == size])
+            ran = [r for r in runs if r is not None]
+            best = run.best_of(ran)
+            if best is None:
+                waiting += 1
+                cells.append(NOT_RUN)
+                continue
+            collapsed = sum(is_collapse(r, base) for r in ran)
+            if is_collapse(best, base):
+                if len(ran) < len(runs):
+                    waiting += 1
+                else:
+                    down.append((task, size))
+            of = f"{len(ran)}" + ("" if len(ran) == len(runs) else f" run so far, of {len(runs)}")
+            cells.append(f"{cell(best)} (lr {best['spec']['lr']:g}; collapsed at {collapsed} of {of})")
+        d.add(f"| {name(task)} | " + " | ".join(cells) + " |")
+    d.add("", "Acceptance with each size's lr chosen on the grid: no size collapses at the lr chosen for it: "
+          + verdict(False if down else None if waiting else True)
+          + (f" (collapsed: {', '.join(map(label, down))})" if down else "")
+          + (f"; {waiting} cell(s) wait for runs" if waiting else "") + ".", "")
 
 
 def large_elsewhere(d: Doc) -> None:

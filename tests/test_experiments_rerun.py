@@ -129,6 +129,19 @@ def test_small_sizes_long_runs_are_their_3_epoch_runs_at_long_epochs(mods):
     assert [s["task"] for s in large] == [*R.B["fig3_tasks"], "squad"]
 
 
+@needs_results
+def test_size_grid_is_every_size_at_every_lr_of_size_64s_grid(mods):
+    """size-grid: sizes 8 and 256 at each lr of size 64's grid; the best-lr ones are table1-r2's own runs."""
+    run, rerun, runner, _ = mods
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+    specs = rerun.size_grid_specs(R, "glue/cola")
+    grid = run.lrs_for(R, "glue/cola", "adapter", 64)
+    assert [(s["adapter_size"], s["lr"]) for s in specs] == [(m, lr) for m in (8, 256) for lr in grid]
+    assert all(s["recipe"] == 2 and s["epochs"] == R.B["epochs"] for s in specs)
+    assert [s for m in (8, 256) for s in rerun.adapter_specs(R, "glue/cola", m)] == [
+        s for s in specs if s["lr"] == run.best_of(R.need(rerun.adapter_specs(R, "glue/cola", 64)))["spec"]["lr"]]
+
+
 def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods):
     run, rerun, _, _ = mods
     for name in rerun.EXPERIMENTS:
