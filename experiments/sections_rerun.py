@@ -46,7 +46,7 @@ def section(d: Doc) -> None:
           "with it, everything else unchanged: full FT, top-k, LN-only and head-only are the same runs as above, and "
           "every method gets the same lr and epoch choices. Scores x 100 as in the tables above; "
           f"\"{NOT_RUN}\" marks runs the runner has not reached (`python experiments/run.py --only table2-r2 --only "
-          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --only size-lr --only size-grid --jobs 2` continues them).", "")
+          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --only size-lr --only size-grid --only table1-joint --jobs 2` continues them).", "")
     table2(d)
     adapterhub(d)
     table1(d)
@@ -184,7 +184,38 @@ def table1(d: Doc) -> None:
     if done < want:
         d.add(f"Provisional: {done} of the {want} runs known so far have run; a choice shown is the best among them "
               "(the sizes 8 and 256 and the long runs follow the size-64 grid's choices).", "")
+    joint(d)
     sizes(d)
+
+
+def joint(d: Doc) -> None:
+    """Table 1 with the adapters' size and epochs chosen together (table1-joint), full FT as above."""
+    B, E = d.B, d.B["rerun"]["long_epochs"]
+    d.add(f"Size and epochs chosen together, as the paper chooses them: every adapter size at size 64's best lr, "
+          f"at {B['epochs']} and at {E} epochs, the best of the {2 * len(B['sizes'])} on validation (table1-joint); "
+          f"above, the size was chosen at {B['epochs']} epochs and only that size trained for {E}. Full FT as above "
+          "(its lr, then its epochs).", "",
+          "| task | full FT, epochs chosen | adapters, size and epochs chosen | adapters - full |", "|---|---|---|---|")
+    full, adapters, pcts = [], [], []
+    for task in rerun.table1_tasks(B):
+        d.need("table1-joint", rerun.size_long_specs(d.R, task))
+        f, a = rerun.epoch_choice(d.R, task, "full"), rerun.joint_choice(d.R, task)
+        full.append(score(f))
+        adapters.append(score(a))
+        if a is not None:
+            pcts.append(a["result"]["trainable_pct"])
+            spec = a["spec"]
+            chosen = f"{cell(a)} (m={spec['adapter_size']}, lr {spec['lr']:g}, {spec['epochs']} ep.)"
+        else:
+            chosen = cell(a)
+        d.add(f"| {name(task)} | {cell(f)} | {chosen} | {fmt(gap(a, f))} |")
+    means = mean(full), mean(adapters)
+    diff = None if None in means else means[1] - means[0]
+    pct = mean(pcts) if len(pcts) == len(adapters) else None
+    d.add(f"| **mean** | **{fmt(means[0])}** | **{fmt(means[1])}** | **{fmt(diff)}** |", "",
+          "Acceptance with size and epochs chosen together: within 0.5 points of full FT at no more than 3.6% trained "
+          "per task: " + verdict(None if diff is None or pct is None else diff >= -0.5 and pct <= 3.6)
+          + ("" if diff is None or pct is None else f" ({diff:+.1f}, {pct:.2f}% trained per task)") + ".", "")
 
 
 def sizes(d: Doc) -> None:

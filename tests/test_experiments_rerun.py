@@ -142,6 +142,27 @@ def test_size_grid_is_every_size_at_every_lr_of_size_64s_grid(mods):
         s for s in specs if s["lr"] == run.best_of(R.need(rerun.adapter_specs(R, "glue/cola", 64)))["spec"]["lr"]]
 
 
+def test_joint_choice_is_the_best_of_every_size_at_both_epoch_counts(mods, monkeypatch):
+    """table1-joint: the best on validation of the six runs (3 sizes x {3, long} epochs); None while one is missing."""
+    run, rerun, _, _ = mods
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+
+    def record(size, epochs, main):
+        return {"spec": {"adapter_size": size, "epochs": epochs, "lr": 1e-3}, "result": {"best": {"main": main}}}
+
+    scores = {(8, 3): 0.50, (64, 3): 0.60, (256, 3): 0.58, (8, 10): 0.62, (64, 10): 0.59, (256, 10): None}
+    monkeypatch.setattr(rerun, "short_choice", lambda R, task, method, size: record(size, 3, scores[size, 3]))
+
+    def need(specs):
+        ran = [(s["adapter_size"], s["epochs"]) for s in specs]
+        return [None if scores[k] is None else record(*k, scores[k]) for k in ran]
+
+    monkeypatch.setattr(R, "need", need)
+    assert rerun.joint_choice(R, "glue/rte") is None
+    scores[256, 10] = 0.55
+    assert rerun.joint_choice(R, "glue/rte")["spec"] == {"adapter_size": 8, "epochs": 10, "lr": 1e-3}
+
+
 def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods):
     run, rerun, _, _ = mods
     for name in rerun.EXPERIMENTS:
