@@ -123,10 +123,12 @@ def test_an_adapter_ray_drops_while_its_request_runs_is_evicted_after_it(tmp_pat
             status, _, answer = await replica.forward("POST", "/v1/predict", "", [("content-type", "application/json")],
                                                       body)
             await settle()
-            return status, json.loads(answer), residency.resident(), "t0" in residency.engine.tasks
+            lookups = residency.hits, residency.misses
+            return status, json.loads(answer), residency.resident(), "t0" in residency.engine.tasks, lookups
         finally:
             await AdapterReplica.__del__(replica)  # the worker stops
 
-    status, answer, resident, loaded = asyncio.run(scenario())
+    status, answer, resident, loaded, lookups = asyncio.run(scenario())
     assert status == 200 and answer["task"] == "t0" and len(answer["predictions"]) == 1
     assert resident == [] and not loaded
+    assert lookups == (1, 1)  # Ray's load missed, the app's request hit; the replica's own pin is no lookup

@@ -143,7 +143,7 @@ class AdapterReplica:
             # Pinned from before Ray's load until the answer: if Ray's LRU drops the adapter meanwhile (another
             # request's load), the Residency evicts it after this request. Unpinned, the app's own load would
             # bring it back after the drop, resident with no Ray entry left to unload it.
-            self.residency.acquire(task)
+            self.residency.acquire(task, lookup=False)  # the app's own acquire below is the request's lookup
         try:
             if pinned:
                 try:

@@ -100,20 +100,21 @@ class Residency:
                 return True
         return name not in self.engine.tasks and name in self.store
 
-    def acquire(self, name: str) -> concurrent.futures.Future:
+    def acquire(self, name: str, lookup: bool = True) -> concurrent.futures.Future:
         """Pin ``name`` and return a future of its Task (done at once on a hit). Call :meth:`release` once for
-        every acquire, whatever happens to the request."""
+        every acquire, whatever happens to the request. ``lookup=False``: a pin that is not a request's lookup
+        (not counted as a hit or miss)."""
         with self._lock:
             self._pins[name] += 1
             if name in self._resident:
                 task = self.engine.tasks.get(name)
                 if task is not None:
-                    self.hits += 1
+                    self.hits += lookup
                     self._resident.move_to_end(name)
                     done: concurrent.futures.Future = concurrent.futures.Future()
                     done.set_result(task)
                     return done
-            self.misses += 1
+            self.misses += lookup
             future = self._loading.get(name)
             if future is None:
                 future = self._loading[name] = concurrent.futures.Future()
