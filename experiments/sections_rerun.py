@@ -290,8 +290,9 @@ def own_grid(d: Doc) -> None:
                     waiting += 1
                 else:
                     down.append((task, size))
-            of = f"{len(ran)}" + ("" if len(ran) == len(runs) else f" run so far, of {len(runs)}")
-            cells.append(f"{cell(best)} (lr {best['spec']['lr']:g}; collapsed at {collapsed} of {of})")
+            left = len(runs) - len(ran)
+            cells.append(f"{cell(best)} (lr {best['spec']['lr']:g}; collapsed at {collapsed} of {len(ran)} lrs"
+                         + (f", {left} not yet run)" if left else ")"))
         d.add(f"| {name(task)} | " + " | ".join(cells) + " |")
     d.add("", "Acceptance with each size's lr chosen on the grid: no size collapses at the lr chosen for it: "
           + verdict(False if down else None if waiting else True)
