@@ -274,10 +274,11 @@ def own_grid(d: Doc) -> None:
     for task in rerun.table1_tasks(B):
         base, cells = majority_score(d, task), []
         specs = rerun.size_grid_specs(d.R, task)
-        records = dict(zip(map(id, specs), d.need("size-grid", specs)))
+        by_size = {64: d.R.need(rerun.adapter_specs(d.R, task, 64))}
+        for spec, record in zip(specs, d.need("size-grid", specs)):
+            by_size.setdefault(spec["adapter_size"], []).append(record)
         for size in B["sizes"]:
-            runs = (d.R.need(rerun.adapter_specs(d.R, task, 64)) if size == 64
-                    else [records[id(s)] for s in specs if s["adapter_size"] == size])
+            runs = by_size[size]
             ran = [r for r in runs if r is not None]
             best = run.best_of(ran)
             if best is None:
