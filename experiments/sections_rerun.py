@@ -327,11 +327,10 @@ def small_epochs(d: Doc, at_64s_lr: dict, down_large: list, missing: int) -> Non
           "|---|" + "---|" * (3 * len(small)))
     still, waiting = [], 0
     for task in rerun.table1_tasks(B):
-        d.need("size-lr", rerun.small_long_specs(d.R, task))
         base, cells = majority_score(d, task), []
-        for s in small:
+        for s in small:  # rerun.small_long_specs, one size at a time
             short = rerun.short_choice(d.R, task, "adapter", s)
-            (long,) = d.R.need([rerun.long_spec(d.R, short)]) if short is not None else (None,)
+            (long,) = d.need("size-lr", [rerun.long_spec(d.R, short)]) if short is not None else (None,)
             chosen = None if long is None else run.best_of([short, long])
             if at_64s_lr.get((task, s)):  # collapsed at 3 epochs: the epoch choice decides
                 if chosen is None:

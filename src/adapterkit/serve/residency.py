@@ -148,10 +148,8 @@ class Residency:
             self._pins[name] -= 1
             if self._pins[name] <= 0:
                 del self._pins[name]
-            schedule = (not self._evict_queued and name not in self._pins
-                        and (name in self._doomed or self._over(0, 0)))
-            if schedule:
-                self._evict_queued = True
+            schedule = self._claim_idle_eviction(name not in self._pins
+                                                 and (name in self._doomed or self._over(0, 0)))
         if schedule:
             self.engine.control(self._evict_idle)
 
@@ -266,10 +264,7 @@ class Residency:
                 self.load_failures += 1
                 self._doomed.discard(name)  # an unload asked during a failed load has nothing left to evict
             # unloaded while loading, and every request that waited for it has gone: evict now
-            evict = (error is None and name in self._doomed and not self._pins.get(name)
-                     and not self._evict_queued)
-            if evict:
-                self._evict_queued = True
+            evict = self._claim_idle_eviction(error is None and name in self._doomed and not self._pins.get(name))
         if evict:
             self.engine.control(self._evict_idle)
         if error is None:
@@ -343,6 +338,13 @@ class Residency:
             finally:
                 with self._lock:
                     self._leaving.discard(n)
+
+    def _claim_idle_eviction(self, due: bool) -> bool:
+        """With the lock held: whether the caller queues :meth:`_evict_idle` (``due``, and none is queued yet)."""
+        if due and not self._evict_queued:
+            self._evict_queued = True
+            return True
+        return False
 
     def _evict_idle(self) -> None:
         with self._lock:
