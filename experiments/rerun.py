@@ -174,7 +174,8 @@ def size_lr_specs(R, task: str) -> list[dict]:
 def size_long_specs(R, task: str, sizes=None) -> list[dict]:
     """Each adapter size's 3-epoch run at size 64's best lr (table1-r2's) trained for ``long_epochs``, for every
     size or ``sizes``. Missing until the 3-epoch runs ran."""
-    specs = [long_spec(R, short_choice(R, task, "adapter", size)) for size in (R.B["sizes"] if sizes is None else sizes)]
+    sizes = R.B["sizes"] if sizes is None else sizes
+    specs = [long_spec(R, short_choice(R, task, "adapter", size)) for size in sizes]
     return [s for s in specs if s is not None]
 
 
