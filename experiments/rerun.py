@@ -41,6 +41,8 @@ remaining runs ~9 CPU-hours, likely pessimistic (the fastest adapterkit runs wer
 
 from __future__ import annotations
 
+import functools
+
 RECIPE = 2
 
 
@@ -185,12 +187,13 @@ def small_long_specs(R, task: str) -> list[dict]:
     return size_long_specs(R, task, [size for size in R.B["sizes"] if size < 64])
 
 
-def joint_choice(R, task: str) -> dict | None:
+def joint_choice(R, task: str, sizes=None) -> dict | None:
     """Adapters with size and epochs chosen together, as the paper chooses them: the best on validation of every
-    size's 3-epoch run (lr: size 64's best, as in Table 1) and its ``long_epochs`` run. None until all ran."""
+    size's (or of ``sizes``') 3-epoch run (lr: size 64's best, as in Table 1) and its ``long_epochs`` run. None
+    until all ran."""
     import run
 
-    shorts = [short_choice(R, task, "adapter", size) for size in R.B["sizes"]]
+    shorts = [short_choice(R, task, "adapter", size) for size in (R.B["sizes"] if sizes is None else sizes)]
     longs = R.need([long_spec(R, s) for s in shorts]) if None not in shorts else [None]
     return None if None in longs else run.best_of(shorts + longs)
 
@@ -311,6 +314,22 @@ SPECS = {
 }
 #: CPU cost of all-mpnet-base-v2 against MiniLM-L6 per example (12 x 768 against 6 x 384; run.mpnet_specs).
 MPNET_COST = 8.0
+
+
+@functools.lru_cache(maxsize=None)
+def bert_large_pct(size: int) -> float:
+    """The % of BERT-large (the paper's model) adapterkit trains with a size-``size`` adapter and a 2-class head:
+    adapterkit's own count (methods.count_parameters) on a meta-device model, so no weights and no memory."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from adapterkit.methods import MethodConfig, count_parameters, prepare
+
+    config = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+    with torch.device("meta"):  # the adapters too: prepare builds them under the same default device
+        model = AutoModelForSequenceClassification.from_config(config)
+        prepare(model, MethodConfig("adapter", adapter_size=size), "classification", ["0", "1"])
+    return count_parameters(model)["trainable_pct"]
 
 
 def estimate(budget: str = "standard") -> dict[str, tuple[int, float]]:

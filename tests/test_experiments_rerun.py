@@ -161,6 +161,20 @@ def test_joint_choice_is_the_best_of_every_size_at_both_epoch_counts(mods, monke
     assert rerun.joint_choice(R, "glue/rte") is None
     scores[256, 10] = 0.55
     assert rerun.joint_choice(R, "glue/rte")["spec"] == {"adapter_size": 8, "epochs": 10, "lr": 1e-3}
+    # size 64 alone (the paper's "Adapters (64)" row): its 3-epoch run beats its 10-epoch one here
+    assert rerun.joint_choice(R, "glue/rte", (64,))["spec"] == {"adapter_size": 64, "epochs": 3, "lr": 1e-3}
+
+
+@pytest.mark.parametrize("size", [8, 64, 256])
+def test_bert_large_pct_counts_the_adapters_their_layer_norms_and_the_head(mods, size):
+    """The page's BERT-large shares: two adapters per layer (2md + d + m each) with a layer-norm copy each (2d),
+    and the 2-class head (d x 2 + 2), over BERT-large's 335,141,888 parameters plus that head."""
+    from adapterkit.bottleneck import bottleneck_parameter_count
+
+    _, rerun, _, _ = mods
+    d, layers = 1024, 24
+    trained = layers * 2 * (bottleneck_parameter_count(d, size) + 2 * d) + (2 * d + 2)
+    assert rerun.bert_large_pct(size) == pytest.approx(100 * trained / (335_141_888 + 2 * d + 2), rel=1e-12)
 
 
 def test_the_rerun_experiments_are_registered_for_the_standard_budget_only(mods):
