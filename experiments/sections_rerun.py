@@ -238,7 +238,6 @@ def joint(d: Doc) -> None:
           + " / ".join(f"{rerun.bert_large_pct(m):.2f}%" for m in B["sizes"]) + ".", "")
 
 
-
 def sizes(d: Doc) -> None:
     B = d.B
     d.add(f"Size robustness: recipe-2 adapters of each size at the lr the recipe picks (size 64's best, {B['epochs']} "
