@@ -24,6 +24,14 @@ def cell(r: dict | None) -> str:
     return NOT_RUN if r is None else "failed" if "error" in r["result"] else fmt(score(r))
 
 
+def chosen(r: dict | None) -> str:
+    """A chosen run's score with what was chosen: size (adapters), lr and epochs."""
+    if r is None:
+        return cell(r)
+    size = f"m={r['spec']['adapter_size']}, " if "adapter_size" in r["spec"] else ""
+    return f"{cell(r)} ({size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} ep.)"
+
+
 def signed(x: float | None) -> str:
     return NOT_RUN if x is None else f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
 
@@ -159,12 +167,6 @@ def table1(d: Doc) -> None:
         if r2 is not None:
             pcts.append(r2["result"]["trainable_pct"])
 
-        def chosen(r: dict | None) -> str:
-            if r is None:
-                return cell(r)
-            size = f"m={r['spec']['adapter_size']}, " if "adapter_size" in r["spec"] else ""
-            return f"{cell(r)} ({size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} ep.)"
-
         base = majority_score(d, task)
         d.add(f"| {name(task)} | {cell(full3)} | {cell(r1)} | {chosen(r23)} | {chosen(full)} | {chosen(r2)} | "
               f"{fmt(gap(r2, full))} | {fmt(base)} |")
@@ -208,25 +210,20 @@ def joint(d: Doc) -> None:
         for sizes, runs in choices.values():
             a = rerun.joint_choice(d.R, task, sizes)
             runs.append(a)
-            spec = a and a["spec"]
-            row += [cell(a) + (f" (m={spec['adapter_size']}, lr {spec['lr']:g}, {spec['epochs']} ep.)" if a else ""),
-                    fmt(gap(a, f))]
+            row += [chosen(a), fmt(gap(a, f))]
         d.add("| " + " | ".join(row) + " |")
     full_mean = mean([score(f) for f in full])
-    summary = {}  # name: (adapters - full, mean % trained, the same sizes' mean % on BERT-large), None if missing
-    for key, (_, runs) in choices.items():
-        done = None not in runs and full_mean is not None
-        summary[key] = (mean([score(a) for a in runs]) - full_mean, mean([a["result"]["trainable_pct"] for a in runs]),
-                        mean([rerun.bert_large_pct(a["spec"]["adapter_size"]) for a in runs])) if done else None
-    row = ["**mean**", f"**{fmt(full_mean)}**"]
-    for key, (_, runs) in choices.items():
-        row += [f"**{fmt(mean([score(a) for a in runs]))}**", f"**{fmt(summary[key] and summary[key][0])}**"]
-    d.add("| " + " | ".join(row) + " |", "")
+    means = {key: mean([score(a) for a in runs]) for key, (_, runs) in choices.items()}
+    diffs = {key: None if None in (m, full_mean) else m - full_mean for key, m in means.items()}
+    d.add("| " + " | ".join(["**mean**", f"**{fmt(full_mean)}**"]
+                            + [f"**{fmt(x)}**" for key in choices for x in (means[key], diffs[key])]) + " |", "")
 
     def judged(key: str) -> str:
-        if summary[key] is None:
+        runs, diff = choices[key][1], diffs[key]
+        if diff is None:
             return verdict(None)
-        diff, pct, paper_pct = summary[key]
+        pct = mean([a["result"]["trainable_pct"] for a in runs])
+        paper_pct = mean([rerun.bert_large_pct(a["spec"]["adapter_size"]) for a in runs])
         return (verdict(diff >= -0.5 and pct <= 3.6) + f" ({diff:+.1f}, {'within' if diff >= -0.5 else 'outside'} 0.5; "
                 f"{pct:.2f}% of MiniLM trained per task, {'within' if pct <= 3.6 else 'over'} 3.6%; the same sizes "
                 f"would train {paper_pct:.2f}% of BERT-large)")
