@@ -46,8 +46,41 @@ def score(record: dict | None) -> float | None:
     return 100.0 * record["result"]["best"]["main"]
 
 
+def on_gpu(record: dict) -> bool:
+    """Trained on a GPU (the runner records the device since the MPNet runs; earlier runs are all CPU runs)."""
+    return record["result"].get("device", "cpu").startswith("cuda")
+
+
 def fmt(x: float | None, digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+#: A results-page cell for a run the runner has not reached.
+NOT_RUN = "not yet run"
+
+
+def verdict(ok: bool | None) -> str:
+    return "**not yet measured**" if ok is None else "**met**" if ok else "**not met**"
+
+
+def cell(r: dict | None) -> str:
+    return NOT_RUN if r is None else "failed" if "error" in r["result"] else fmt(score(r))
+
+
+def chosen(r: dict | None) -> str:
+    """A chosen run's score with what was chosen: size (adapters), lr and epochs."""
+    if r is None:
+        return cell(r)
+    size = f"m={r['spec']['adapter_size']}, " if "adapter_size" in r["spec"] else ""
+    return f"{cell(r)} ({size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} ep.)"
+
+
+def signed(x: float | None) -> str:
+    return NOT_RUN if x is None else f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
+
+
+def gap(a: dict | None, b: dict | None) -> float | None:
+    return None if score(a) is None or score(b) is None else score(a) - score(b)
 
 
 def mean(xs: list[float | None]) -> float | None:
@@ -73,7 +106,8 @@ class Doc:
         self.status: dict[str, tuple[int, int]] = {}  # experiment -> (cached, expected)
         self.keys: dict[str, tuple[set, set]] = {}
         self.plots: dict[str, object] = {}
-        self.seconds = 0.0
+        self.seconds = 0.0  # this budget's machine (the CPU); runs trained on a GPU are counted apart
+        self.gpu_seconds = 0.0
         self.counted: set[str] = set()
         self.speed: dict[str, list[float]] = {}  # method -> training examples/s of each run
 
@@ -89,6 +123,9 @@ class Doc:
         for r in records:
             if r is not None and r["key"] not in self.counted:
                 self.counted.add(r["key"])
+                if on_gpu(r):
+                    self.gpu_seconds += r["result"].get("wall_seconds", 0.0)
+                    continue
                 self.seconds += r["result"].get("wall_seconds", 0.0)
                 if "error" not in r["result"]:
                     self.speed.setdefault(r["spec"]["method"], []).append(r["result"]["examples_per_second"])

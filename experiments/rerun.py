@@ -26,6 +26,10 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
                 64's best lr) trained for long_epochs too, the best of the six kept
     size-grid   Table 1's sizes 8 and 256 over size 64's whole lr grid (3 epochs), as the paper sweeps lr and size
                 jointly (and the full budget's ``grid_all_sizes``): each size's own best lr
+    mpnet-grid  MPNet's own lr choice (mpnet-r2's runs at every lr of their method's grid), then each choice
+                trained for long_epochs, so MPNet's lr and epochs are chosen as Table 1's are. 29 of its 32 runs
+                ran on a GPU (2026-12-04, one H200, 8 at once: about 11 minutes in all); the other three
+                (10 epochs: STS-B full FT, CoLA both) on this 2-core CPU machine
 
 Cost at the standard budget, estimated from the cached runs (``python experiments/rerun.py`` prints it; each
 missing run at the per-epoch wall time of the fastest cached run of its task and method family, one torch
@@ -245,12 +249,55 @@ def mpnet_r2_specs(R) -> list[dict]:
     return specs
 
 
+def mpnet_grid_specs(R) -> list[dict]:
+    """MPNet's own lr choice: each mpnet-r2 run at every lr of its method's grid (Table 1's protocol, which
+    chooses the lr on validation per task and method; MiniLM's choice diverges on MPNet's STS-B)."""
+    grid = R.B["task_grid"]
+    return [{**s, "lr": lr} for s in mpnet_r2_specs(R) for lr in grid[s["method"]]]
+
+
+def mpnet_choice(R, task: str, method: str) -> dict | None:
+    """MPNet's 3-epoch run of (task, method) with the lr chosen on validation over its grid; None until the
+    whole grid has run (a choice over part of it would start the long run from the wrong lr)."""
+    import run
+
+    records = R.need([s for s in mpnet_grid_specs(R) if s["task"] == task and s["method"] == method])
+    return None if None in records else run.best_of(records)
+
+
+def mpnet_long_specs(R) -> list[dict]:
+    """MPNet's lr choices trained for ``long_epochs``: the epochs chosen as Table 1's joint choice does."""
+    specs = [long_spec(R, mpnet_choice(R, t, m)) for t in R.B["rerun"]["mpnet_tasks"] for m in ("full", "adapter")]
+    return [s for s in specs if s is not None]
+
+
+def mpnet_epoch_choice(R, task: str, method: str) -> dict | None:
+    """MPNet's lr choice or that choice at ``long_epochs``, the better on validation; None until both ran."""
+    import run
+
+    short = mpnet_choice(R, task, method)
+    if short is None:
+        return None
+    (long,) = R.need([long_spec(R, short)])
+    return None if long is None else run.best_of([short, long])
+
+
 def exp_mpnet_r2(R) -> None:
     from adapterkit.models import resolve_model
 
     R.log("mpnet-r2: " + ", ".join(R.B["rerun"]["mpnet_tasks"]))
     resolve_model("mpnet")  # fetched once here, not by each worker at once
     R.need(mpnet_r2_specs(R))
+
+
+def exp_mpnet_grid(R) -> None:
+    from adapterkit.models import resolve_model
+
+    R.log("mpnet-grid: " + ", ".join(R.B["rerun"]["mpnet_tasks"]) + ", every lr of the grid, then the choices "
+          f"for {R.B['rerun']['long_epochs']} epochs")
+    resolve_model("mpnet")
+    R.need(mpnet_grid_specs(R))
+    R.need(mpnet_long_specs(R))
 
 
 def fig3_r2_specs(R, task: str) -> list[dict]:
@@ -296,7 +343,7 @@ def exp_adapterhub(R) -> None:
 
 EXPERIMENTS = {"table2-r2": exp_table2_r2, "adapterhub": exp_adapterhub, "table1-r2": exp_table1_r2,
                "mpnet-r2": exp_mpnet_r2, "figure3-r2": exp_fig3_r2, "squad-r2": exp_squad_r2, "size-lr": exp_size_lr,
-               "size-grid": exp_size_grid, "table1-joint": exp_table1_joint}
+               "size-grid": exp_size_grid, "table1-joint": exp_table1_joint, "mpnet-grid": exp_mpnet_grid}
 #: The budget key each experiment needs (a budget without it skips the experiment).
 NEEDS = {name: ("adapterhub" if name == "adapterhub" else "rerun") for name in EXPERIMENTS}
 #: Every run of each experiment (what the results page counts as expected).
@@ -311,6 +358,7 @@ SPECS = {
                           + large_elsewhere_specs(R)),
     "size-grid": lambda R: [s for t in table1_tasks(R.B) for s in size_grid_specs(R, t)],
     "table1-joint": lambda R: [s for t in table1_tasks(R.B) for s in size_long_specs(R, t)],
+    "mpnet-grid": lambda R: mpnet_grid_specs(R) + mpnet_long_specs(R),
 }
 #: CPU cost of all-mpnet-base-v2 against MiniLM-L6 per example (12 x 768 against 6 x 384; run.mpnet_specs).
 MPNET_COST = 8.0

@@ -195,7 +195,7 @@ def ensure_trained(spec: dict) -> Path:
 def summarise(metrics: dict) -> dict:
     keep = ("task", "method", "metric", "adapter_size", "top_layers", "trainable_params", "total_params",
             "trainable_pct", "epochs", "best", "train_seconds", "examples_per_second", "lr", "batch_size",
-            "max_length", "seed", "versions")
+            "max_length", "seed", "versions", "device")
     out = {k: metrics.get(k) for k in keep}
     split = metrics.get("split", {})
     out["split"] = {k: split.get(k) for k in ("sizes", "subsample") if k in split}

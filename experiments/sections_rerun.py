@@ -6,38 +6,13 @@ from __future__ import annotations
 
 import run
 import rerun
-from doc import Doc, fmt, mean, name, plot_name, score
+from doc import NOT_RUN, Doc, cell, chosen, fmt, gap, mean, name, on_gpu, plot_name, score, signed, verdict
 
-NOT_RUN = "not yet run"
 #: A run "collapses" when it scores no more than this many points above the majority class.
 COLLAPSE_MARGIN = 1.0
 # A regression "majority class" is a constant prediction (correlation 0); a correlation this low (x 100) is one
 # too: STS-B's size-256 adapters reached 4.0 at lr 3e-3, a collapse the 1-point margin would not call one.
 COLLAPSE_CORRELATION = 10.0
-
-
-def verdict(ok: bool | None) -> str:
-    return "**not yet measured**" if ok is None else "**met**" if ok else "**not met**"
-
-
-def cell(r: dict | None) -> str:
-    return NOT_RUN if r is None else "failed" if "error" in r["result"] else fmt(score(r))
-
-
-def chosen(r: dict | None) -> str:
-    """A chosen run's score with what was chosen: size (adapters), lr and epochs."""
-    if r is None:
-        return cell(r)
-    size = f"m={r['spec']['adapter_size']}, " if "adapter_size" in r["spec"] else ""
-    return f"{cell(r)} ({size}lr {r['spec']['lr']:g}, {r['spec']['epochs']} ep.)"
-
-
-def signed(x: float | None) -> str:
-    return NOT_RUN if x is None else f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
-
-
-def gap(a: dict | None, b: dict | None) -> float | None:
-    return None if score(a) is None or score(b) is None else score(a) - score(b)
 
 
 def majority_score(d: Doc, task: str) -> float | None:
@@ -54,7 +29,7 @@ def section(d: Doc) -> None:
           "with it, everything else unchanged: full FT, top-k, LN-only and head-only are the same runs as above, and "
           "every method gets the same lr and epoch choices. Scores x 100 as in the tables above; "
           f"\"{NOT_RUN}\" marks runs the runner has not reached (`python experiments/run.py --only table2-r2 --only "
-          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --only size-lr --only size-grid --only table1-joint --jobs 2` continues them).", "")
+          "adapterhub --only table1-r2 --only mpnet-r2 --only figure3-r2 --only squad-r2 --only size-lr --only size-grid --only table1-joint --only mpnet-grid --jobs 2` continues them).", "")
     table2(d)
     adapterhub(d)
     table1(d)
@@ -397,23 +372,53 @@ def is_collapse(r: dict | None, base: float | None) -> bool:
 
 
 def mpnet(d: Doc) -> None:
-    tasks = d.B["rerun"]["mpnet_tasks"]
+    B, tasks, E = d.B, d.B["rerun"]["mpnet_tasks"], d.B["rerun"]["long_epochs"]
     d.add("### MPNet-base", "",
-          "all-mpnet-base-v2 (12 layers x 768, 110 M parameters), 3 epochs, full FT at the lr Table 1 chose for "
-          "MiniLM and size-64 recipe-2 adapters at the lr Table 1 (recipe 2) chose for size 64 (no grid of its own: one "
-          "run costs about 8 MiniLM runs).", "",
+          "all-mpnet-base-v2 (12 layers x 768, 110 M parameters): full FT and size-64 recipe-2 adapters. First at the "
+          "lr Table 1 chose for MiniLM, 3 epochs (mpnet-r2):", "",
           "| task | MiniLM full FT | MiniLM adapters (64), recipe 2 | MPNet full FT | MPNet adapters (64), recipe 2 | "
           "MPNet adapters - full |", "|---|---|---|---|---|---|")
     specs = rerun.mpnet_r2_specs(d.R)
     recs = {(s["task"], s["method"]): r for s, r in zip(specs, d.need("mpnet-r2", specs))}
-    filled = 0
     for task in tasks:
         full, ada = recs.get((task, "full")), recs.get((task, "adapter"))
-        filled += full is not None and ada is not None
         d.add(f"| {name(task)} | {cell(rerun.short_choice(d.R, task, 'full'))} | "
               f"{cell(rerun.short_choice(d.R, task, 'adapter', 64))} | {cell(full)} | {cell(ada)} | {fmt(gap(ada, full))} |")
-    d.add("", f"Acceptance: MPNet rows filled for both methods: {verdict(filled == len(tasks))} "
-          f"({filled} of {len(tasks)} tasks).", "")
+    d.need("mpnet-grid", rerun.mpnet_grid_specs(d.R) + rerun.mpnet_long_specs(d.R))
+    grid = B["task_grid"]
+    d.add("", "MiniLM's lr need not suit MPNet, so MPNet also gets Table 1's own protocol (mpnet-grid): the lr chosen on validation per task "
+          "and method over the same grid (full FT " + ", ".join(f"{x:g}" for x in grid["full"]) + "; adapters "
+          + ", ".join(f"{x:g}" for x in grid["adapter"]) + f"), {B['epochs']} epochs, then that lr's epochs chosen "
+          f"from {{{B['epochs']}, {E}}}.", "",
+          f"| task | full FT, lr chosen | adapters (64), lr chosen | adapters - full | full FT, lr and epochs chosen | "
+          "adapters (64), lr and epochs chosen | adapters - full |", "|---|---|---|---|---|---|---|")
+    cols: dict[str, list] = {k: [] for k in ("full", "adapter", "full_e", "adapter_e")}
+    for task in tasks:
+        row = [name(task)]
+        for suffix, choose in (("", rerun.mpnet_choice), ("_e", rerun.mpnet_epoch_choice)):
+            f, a = choose(d.R, task, "full"), choose(d.R, task, "adapter")
+            cols["full" + suffix].append(f)
+            cols["adapter" + suffix].append(a)
+            row += [chosen(f), chosen(a), fmt(gap(a, f))]
+        d.add("| " + " | ".join(row) + " |")
+    means = {k: mean([score(r) for r in rs]) for k, rs in cols.items()}
+    diff = {s: None if None in (means["adapter" + s], means["full" + s]) else means["adapter" + s] - means["full" + s]
+            for s in ("", "_e")}
+    d.add("| " + " | ".join(["**mean**"] + [f"**{fmt(x)}**" for x in (means["full"], means["adapter"], diff[""],
+                                                                      means["full_e"], means["adapter_e"], diff["_e"])])
+          + " |", "")
+    runs = [r for r in d.R.need(rerun.mpnet_grid_specs(d.R) + rerun.mpnet_long_specs(d.R)) if r is not None]
+    gpu_runs = sum(on_gpu(r) for r in runs)
+    pct = next((r["result"]["trainable_pct"] for r in cols["adapter"] if r is not None and "error" not in r["result"]), None)
+    d.add(f"The adapters train {fmt(pct, 2)}% of MPNet per task. Where the runs ran: {gpu_runs} of the {len(runs)} "
+          "MPNet runs cached so far on a GPU (one H200: CUDA, fp32, its own torch and transformers, recorded in each "
+          "result), the rest on this 2-core CPU machine. A GPU rounds differently from a CPU and training amplifies "
+          "such differences, so a rerun on a CPU would not give these numbers to the digit (by how much is not "
+          "measured).", "")
+    filled = sum(f is not None and a is not None for f, a in zip(cols["full"], cols["adapter"]))
+    d.add(f"Acceptance: MPNet rows filled for both methods: {verdict(filled == len(tasks))} ({filled} of {len(tasks)} "
+          f"tasks, lr chosen per task and method; adapters - full FT {signed(diff[''])} on the mean at {B['epochs']} "
+          f"epochs, {signed(diff['_e'])} with the epochs chosen too).", "")
 
 
 def figure3(d: Doc) -> None:

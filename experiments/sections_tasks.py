@@ -222,8 +222,9 @@ def status(d: Doc) -> None:
             state = (f"{done} / {total}, incomplete: `python experiments/run.py --budget {d.budget} --only {exp}` "
                      "continues it")
         d.add(f"| {exp} | {state} |")
-    d.add("", f"Compute recorded in these results: {d.seconds / 60:.0f} min of wall time (sum over runs; runs "
-          "shared between experiments counted once).", "")
+    gpu = f", and {d.gpu_seconds / 60:.0f} min on a GPU, not in the speeds below" if d.gpu_seconds else ""
+    d.add("", "Compute recorded in these results (sum over runs; runs shared between experiments counted once): "
+          f"{d.seconds / 60:.0f} min of wall time on this budget's machine{gpu}.", "")
     if d.speed:
         cells = []
         for m, xs in sorted(d.speed.items()):

@@ -165,6 +165,63 @@ def test_joint_choice_is_the_best_of_every_size_at_both_epoch_counts(mods, monke
     assert rerun.joint_choice(R, "glue/rte", (64,))["spec"] == {"adapter_size": 64, "epochs": 3, "lr": 1e-3}
 
 
+def test_mpnet_grid_is_each_mpnet_r2_run_at_every_lr_of_its_methods_grid(mods):
+    """mpnet-grid: MPNet's own lr choice over Table 1's grids; the lr MiniLM chose is mpnet-r2's own run (one cache file)."""
+    run, rerun, _, _ = mods
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+    base, grid = rerun.mpnet_r2_specs(R), R.B["task_grid"]
+    specs = rerun.mpnet_grid_specs(R)
+    assert len(base) == 2 * len(R.B["rerun"]["mpnet_tasks"])
+    assert [(s["task"], s["method"], s["lr"]) for s in specs] == [
+        (b["task"], b["method"], lr) for b in base for lr in grid[b["method"]]]
+    assert all(s == {**b, "lr": s["lr"]} for b in base for s in specs if (s["task"], s["method"]) == (b["task"], b["method"]))
+    assert all(b in specs for b in base) and all(s["model"] == "mpnet" for s in specs)
+
+
+def test_mpnet_lr_then_epochs_are_chosen_on_validation_once_the_whole_grid_ran(mods, monkeypatch):
+    """MPNet's lr is the best of its method's grid (None while one grid point is missing), its long run that lr at
+    long_epochs, and the epoch choice the better of the two (None until the long run ran)."""
+    run, rerun, _, _ = mods
+    R = run.Runner("standard", dry=True, log=lambda *a: None)
+    E = R.B["rerun"]["long_epochs"]
+    scores = {(3e-5, 3): 0.60, (1e-4, 3): 0.62, (3e-4, 3): None, (1e-4, E): None}
+
+    def need(specs):
+        return [None if scores.get((s["lr"], s["epochs"])) is None else
+                {"spec": s, "result": {"best": {"main": scores[s["lr"], s["epochs"]]}}} for s in specs]
+
+    monkeypatch.setattr(R, "need", need)
+    assert rerun.mpnet_choice(R, "glue/rte", "full") is None
+    assert rerun.mpnet_long_specs(R) == []
+    scores[3e-4, 3] = 0.527  # diverged to the majority class: not chosen
+    choice = rerun.mpnet_choice(R, "glue/rte", "full")
+    assert (choice["spec"]["lr"], choice["spec"]["model"], choice["spec"]["task"]) == (1e-4, "mpnet", "glue/rte")
+    full_long = [s for s in rerun.mpnet_long_specs(R) if s["method"] == "full" and s["task"] == "glue/rte"]
+    assert full_long == [{**choice["spec"], "epochs": E}]
+    assert rerun.mpnet_epoch_choice(R, "glue/rte", "full") is None
+    scores[1e-4, E] = 0.70
+    assert rerun.mpnet_epoch_choice(R, "glue/rte", "full")["spec"] == full_long[0]
+    scores[1e-4, E] = 0.55
+    assert rerun.mpnet_epoch_choice(R, "glue/rte", "full")["spec"] == choice["spec"]
+
+
+def test_the_page_keeps_gpu_runs_out_of_this_machines_time_and_speeds(mods, monkeypatch):
+    """Runs recorded on a GPU count as GPU minutes, not in the CPU machine's wall time or examples/s."""
+    run, _, _, _ = mods
+    import doc
+
+    d = doc.Doc("standard")
+    cpu = {"key": "a", "spec": {"method": "adapter"}, "result": {"wall_seconds": 60.0, "examples_per_second": 30.0}}
+    old = {"key": "b", "spec": {"method": "adapter"}, "result": {"wall_seconds": 120.0, "examples_per_second": 20.0,
+                                                                  "device": "cpu"}}
+    gpu = {"key": "c", "spec": {"method": "adapter"}, "result": {"wall_seconds": 45.0, "examples_per_second": 600.0,
+                                                                  "device": "cuda:0"}}
+    monkeypatch.setattr(d.R, "need", lambda specs: [cpu, old, gpu])
+    d.need("x", [{}, {}, {}])
+    assert (d.seconds, d.gpu_seconds, d.speed) == (180.0, 45.0, {"adapter": [30.0, 20.0]})
+    assert [doc.on_gpu(r) for r in (cpu, old, gpu)] == [False, False, True]
+
+
 @pytest.mark.parametrize("size", [8, 64, 256])
 def test_bert_large_pct_counts_the_adapters_their_layer_norms_and_the_head(mods, size):
     """The page's BERT-large shares: two adapters per layer (2md + d + m each) with a layer-norm copy each (2d),
