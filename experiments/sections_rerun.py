@@ -384,11 +384,11 @@ def mpnet(d: Doc) -> None:
         full, ada = recs.get((task, "full")), recs.get((task, "adapter"))
         d.add(f"| {name(task)} | {cell(rerun.short_choice(d.R, task, 'full'))} | "
               f"{cell(rerun.short_choice(d.R, task, 'adapter', 64))} | {cell(full)} | {cell(ada)} | {fmt(gap(ada, full))} |")
-    d.need("mpnet-grid", rerun.mpnet_grid_specs(d.R) + rerun.mpnet_long_specs(d.R))
+    runs = [r for r in d.need("mpnet-grid", rerun.mpnet_grid_specs(d.R) + rerun.mpnet_long_specs(d.R)) if r is not None]
     grid = B["task_grid"]
-    d.add("", "MiniLM's lr need not suit MPNet, so MPNet also gets Table 1's own protocol (mpnet-grid): the lr chosen on validation per task "
-          "and method over the same grid (full FT " + ", ".join(f"{x:g}" for x in grid["full"]) + "; adapters "
-          + ", ".join(f"{x:g}" for x in grid["adapter"]) + f"), {B['epochs']} epochs, then that lr's epochs chosen "
+    d.add("", "MiniLM's lr need not suit MPNet, so MPNet also gets Table 1's own protocol (mpnet-grid): the lr chosen "
+          "on validation per task and method over the same grid (full FT " + ", ".join(f"{x:g}" for x in grid["full"])
+          + "; adapters " + ", ".join(f"{x:g}" for x in grid["adapter"]) + f"), {B['epochs']} epochs, then that lr's epochs chosen "
           f"from {{{B['epochs']}, {E}}}.", "",
           f"| task | full FT, lr chosen | adapters (64), lr chosen | adapters - full | full FT, lr and epochs chosen | "
           "adapters (64), lr and epochs chosen | adapters - full |", "|---|---|---|---|---|---|---|")
@@ -407,12 +407,11 @@ def mpnet(d: Doc) -> None:
     d.add("| " + " | ".join(["**mean**"] + [f"**{fmt(x)}**" for x in (means["full"], means["adapter"], diff[""],
                                                                       means["full_e"], means["adapter_e"], diff["_e"])])
           + " |", "")
-    runs = [r for r in d.R.need(rerun.mpnet_grid_specs(d.R) + rerun.mpnet_long_specs(d.R)) if r is not None]
     gpu_runs = sum(on_gpu(r) for r in runs)
-    pct = next((r["result"]["trainable_pct"] for r in cols["adapter"] if r is not None and "error" not in r["result"]), None)
+    pct = next((r["result"]["trainable_pct"] for r in cols["adapter"] if score(r) is not None), None)
     d.add(f"The adapters train {fmt(pct, 2)}% of MPNet per task. Where the runs ran: {gpu_runs} of the {len(runs)} "
-          "MPNet runs cached so far on a GPU (one H200: CUDA, fp32, its own torch and transformers, recorded in each "
-          "result), the rest on this 2-core CPU machine. A GPU rounds differently from a CPU and training amplifies "
+          "MPNet runs cached so far on a GPU (CUDA, fp32; each result records its device, torch and transformers), "
+          "the rest on this 2-core CPU machine. A GPU rounds differently from a CPU and training amplifies "
           "such differences, so a rerun on a CPU would not give these numbers to the digit (by how much is not "
           "measured).", "")
     filled = sum(f is not None and a is not None for f, a in zip(cols["full"], cols["adapter"]))

@@ -166,7 +166,7 @@ def test_joint_choice_is_the_best_of_every_size_at_both_epoch_counts(mods, monke
 
 
 def test_mpnet_grid_is_each_mpnet_r2_run_at_every_lr_of_its_methods_grid(mods):
-    """mpnet-grid: MPNet's own lr choice over Table 1's grids; the lr MiniLM chose is mpnet-r2's own run (one cache file)."""
+    """mpnet-grid: MPNet's own lr choice over Table 1's grids; at the lr MiniLM chose it is mpnet-r2's own run."""
     run, rerun, _, _ = mods
     R = run.Runner("standard", dry=True, log=lambda *a: None)
     base, grid = rerun.mpnet_r2_specs(R), R.B["task_grid"]
@@ -174,7 +174,8 @@ def test_mpnet_grid_is_each_mpnet_r2_run_at_every_lr_of_its_methods_grid(mods):
     assert len(base) == 2 * len(R.B["rerun"]["mpnet_tasks"])
     assert [(s["task"], s["method"], s["lr"]) for s in specs] == [
         (b["task"], b["method"], lr) for b in base for lr in grid[b["method"]]]
-    assert all(s == {**b, "lr": s["lr"]} for b in base for s in specs if (s["task"], s["method"]) == (b["task"], b["method"]))
+    assert all(s == {**b, "lr": s["lr"]} for b in base for s in specs
+               if (s["task"], s["method"]) == (b["task"], b["method"]))
     assert all(b in specs for b in base) and all(s["model"] == "mpnet" for s in specs)
 
 
