@@ -48,7 +48,7 @@ def score(record: dict | None) -> float | None:
 
 def on_gpu(record: dict) -> bool:
     """Trained on a GPU (the runner records the device since the MPNet runs; earlier runs are all CPU runs)."""
-    return record["result"].get("device", "cpu").startswith("cuda")
+    return (record["result"].get("device") or "cpu").startswith("cuda")  # None: AdapterHub's side-venv runs
 
 
 def fmt(x: float | None, digits: int = 1) -> str:

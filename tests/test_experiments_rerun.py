@@ -217,10 +217,12 @@ def test_the_page_keeps_gpu_runs_out_of_this_machines_time_and_speeds(mods, monk
                                                                   "device": "cpu"}}
     gpu = {"key": "c", "spec": {"method": "adapter"}, "result": {"wall_seconds": 45.0, "examples_per_second": 600.0,
                                                                   "device": "cuda:0"}}
-    monkeypatch.setattr(d.R, "need", lambda specs: [cpu, old, gpu])
-    d.need("x", [{}, {}, {}])
-    assert (d.seconds, d.gpu_seconds, d.speed) == (180.0, 45.0, {"adapter": [30.0, 20.0]})
-    assert [doc.on_gpu(r) for r in (cpu, old, gpu)] == [False, False, True]
+    side = {"key": "d", "spec": {"method": "adapterhub"}, "result": {"wall_seconds": 30.0, "examples_per_second": 25.0,
+                                                                      "device": None}}  # summarise's None
+    monkeypatch.setattr(d.R, "need", lambda specs: [cpu, old, gpu, side])
+    d.need("x", [{}, {}, {}, {}])
+    assert (d.seconds, d.gpu_seconds, d.speed) == (210.0, 45.0, {"adapter": [30.0, 20.0], "adapterhub": [25.0]})
+    assert [doc.on_gpu(r) for r in (cpu, old, gpu, side)] == [False, False, True, False]
 
 
 @pytest.mark.parametrize("size", [8, 64, 256])
