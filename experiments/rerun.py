@@ -28,8 +28,8 @@ on R8, 20 Newsgroups, TREC, SMS spam and Rotten Tomatoes are the ``recipe`` expe
                 jointly (and the full budget's ``grid_all_sizes``): each size's own best lr
     mpnet-grid  MPNet's own lr choice (mpnet-r2's runs at every lr of their method's grid), then each choice
                 trained for long_epochs, so MPNet's lr and epochs are chosen as Table 1's are. 29 of its 32 runs
-                ran on a GPU (2026-12-04, one H200, 8 at once: about 11 minutes in all); the other three
-                (10 epochs: STS-B full FT, CoLA both) on this 2-core CPU machine
+                ran on a GPU (2026-12-04, one H200, 8 at once: about 11 minutes in all); of the other three
+                (10 epochs: STS-B full FT, CoLA both) CoLA's adapters ran on this 2-core CPU machine (84 min)
 
 Cost at the standard budget, estimated from the cached runs (``python experiments/rerun.py`` prints it; each
 missing run at the per-epoch wall time of the fastest cached run of its task and method family, one torch
@@ -145,9 +145,13 @@ def long_specs(R, task: str) -> list[dict]:
 def epoch_choice(R, task: str, method: str) -> dict | None:
     """Best on validation of the method's 3-epoch choice and that choice at ``long_epochs`` (the paper chooses
     epochs on validation like the lr). None until both ran."""
+    return better_of_long(R, short_choice(R, task, method))
+
+
+def better_of_long(R, short: dict | None) -> dict | None:
+    """A 3-epoch choice or that choice at ``long_epochs``, the better on validation; None until both ran."""
     import run
 
-    short = short_choice(R, task, method)
     if short is None:
         return None
     (long,) = R.need([long_spec(R, short)])
@@ -273,13 +277,7 @@ def mpnet_long_specs(R) -> list[dict]:
 
 def mpnet_epoch_choice(R, task: str, method: str) -> dict | None:
     """MPNet's lr choice or that choice at ``long_epochs``, the better on validation; None until both ran."""
-    import run
-
-    short = mpnet_choice(R, task, method)
-    if short is None:
-        return None
-    (long,) = R.need([long_spec(R, short)])
-    return None if long is None else run.best_of([short, long])
+    return better_of_long(R, mpnet_choice(R, task, method))
 
 
 def exp_mpnet_r2(R) -> None:
